@@ -1,0 +1,1 @@
+"""The HTTP API: provisioning, health, metrics, Swagger UI."""

@@ -1,0 +1,1 @@
+"""The pure (sans-IO) MQTT core: packets, reason codes and the codec."""

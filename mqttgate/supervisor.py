@@ -1,0 +1,151 @@
+"""The one nursery that runs mqttgate.
+
+Theory of operation
+-------------------
+``run(config)`` opens one trio-asyncio loop (asyncpg and nats-py live there),
+then starts the components in dependency order, each with ``nursery.start`` so
+that it reports readiness (and the addresses it bound) before the next starts:
+
+    store (PostgreSQL)  ->  forwarder (NATS)  ->  broker (MQTT)  ->  API (HTTP)
+
+After the last one a single ``ready`` event lists the bound addresses.
+
+Shutdown has one trigger, the ``shutdown`` event (SIGTERM/SIGINT set it, tests
+set it themselves), and one deadline, ``shutdown_timeout`` after the trigger.
+The front components (broker, API) return by themselves once it is set: the
+broker stops accepting, tells v5 clients DISCONNECT 0x8B and lets in-flight
+QoS 1/2 forwards finish. Then the forwarder is closed and flushes what the
+broker already acknowledged, then the store closes. Whatever has not finished
+when the deadline passes is cancelled.
+
+A crash of any component cancels its siblings and propagates out of ``run``;
+``__main__`` logs it and exits non-zero so the orchestrator restarts us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import trio
+import trio_asyncio
+
+from mqttgate.auth import AnonymousAuth, Authenticator, DenyAll
+from mqttgate.config import Config
+from mqttgate.forward import Forwarder, NullForwarder
+from mqttgate.logs import get_logger
+
+log = get_logger("supervisor")
+
+
+@attrs.frozen
+class Endpoints:
+    """What the daemon bound, reported to tests through ``task_status``."""
+
+    mqtt: list[str]
+    http: list[str]
+
+
+async def watch_signals(shutdown: trio.Event) -> None:
+    """Turn the first SIGTERM/SIGINT into ``shutdown``; return when it is set."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def wait_signal() -> None:
+                async for signum in signals:
+                    log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+            async def wait_shutdown() -> None:
+                await shutdown.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait_signal)
+            nursery.start_soon(wait_shutdown)
+
+
+def _first_port(addresses: list[str]) -> int:
+    return int(addresses[0].rsplit(":", 1)[1])
+
+
+@contextlib.asynccontextmanager
+async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
+    """Store, authenticator and forwarder, opened in order and closed in reverse.
+
+    Each piece is optional: anonymous mode with forwarding off needs neither
+    PostgreSQL nor NATS (the conformance and benchmark mode).
+    """
+    services: dict[str, Any] = {"store": None}
+    async with contextlib.AsyncExitStack() as stack:
+        # --- store (PostgreSQL) ---
+        # --- end store ---
+        del stack  # used by the store and forwarder sections as they land
+        authenticator: Authenticator
+        if config.allow_anonymous:
+            log.warning(
+                "anonymous_access_enabled",
+                detail="any client may connect without credentials and with no ACL; development only",
+            )
+            authenticator = AnonymousAuth()
+        else:
+            # --- device authentication ---
+            authenticator = DenyAll()
+            # --- end device authentication ---
+        forwarder: Forwarder = NullForwarder()
+        if config.forward:
+            # --- forwarder (NATS JetStream) ---
+            pass
+            # --- end forwarder ---
+        else:
+            log.warning("forwarding_disabled", detail="device messages are not sent to NATS")
+        services["authenticator"] = authenticator
+        services["forwarder"] = forwarder
+        yield services
+
+
+async def run(
+    config: Config,
+    *,
+    shutdown: trio.Event | None = None,
+    install_signal_handlers: bool = True,
+    task_status: trio.TaskStatus[Endpoints] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until ``shutdown`` is set (or a signal arrives)."""
+    from mqttgate.api.app import create_app
+    from mqttgate.api.server import serve_http
+    from mqttgate.broker import Broker
+
+    shutdown = shutdown if shutdown is not None else trio.Event()
+    log.info("starting", config=config.public_dict())
+    async with trio_asyncio.open_loop():
+        with trio.CancelScope() as deadline_scope:
+            async with trio.open_nursery() as root:
+
+                async def arm_deadline() -> None:
+                    await shutdown.wait()
+                    log.info("shutdown_started", timeout_s=config.shutdown_timeout)
+                    deadline_scope.deadline = trio.current_time() + config.shutdown_timeout
+
+                root.start_soon(arm_deadline)
+                if install_signal_handlers:
+                    root.start_soon(watch_signals, shutdown)
+                async with _open_services(config) as services:
+                    broker = Broker(config, services["authenticator"], services["forwarder"])
+                    async with trio.open_nursery() as front:
+                        mqtt = await front.start(broker.serve, shutdown)
+                        app = create_app(config, broker=broker, **services)
+                        http = await front.start(
+                            serve_http, app, config.http_listen, shutdown
+                        )
+                        endpoints = Endpoints(mqtt=mqtt, http=http)
+                        log.info("ready", mqtt=mqtt, http=http)
+                        task_status.started(endpoints)
+                    log.info("front_stopped")
+                root.cancel_scope.cancel()
+    if deadline_scope.cancelled_caught:
+        log.warning("shutdown_deadline_exceeded", timeout_s=config.shutdown_timeout)
+    log.info("stopped")
