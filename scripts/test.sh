@@ -2,6 +2,6 @@
 # The project's test command (README "Running the tests"): static checks, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ruff check mqttgate tests bench
+ruff check .
 mypy
 pytest "$@"
