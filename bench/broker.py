@@ -1,42 +1,31 @@
-"""Broker benchmark: mqttgate beside Mosquitto in the same run, reported as ratios.
+"""Broker benchmark: mqttgate (forwarding off) against Mosquitto, same run, same machine.
 
-Runs the C load generator (bench/mqttbench, built on first use) through its
-driver, which pins each broker to core 0 and the generator to core 1, starts
-every broker afresh per run on a free loopback port, and records CPU on both
-sides so you can tell who was the bottleneck. mqttgate runs in its
-conformance/benchmark mode (anonymous, forwarding off).
+Uses the C load generator and its driver (``compare``) from mqttbench
+(``--tools``, default ``../shared/tools/mqttbench``): each broker is started
+afresh per run pinned to core 0, the generator to core 1. Prints, per scenario,
+the headline figure of each broker, the delivered ratio beside it, and
+mqttgate's ratio to Mosquitto.
 
-    python bench/broker.py                          # all scenarios, 1 run each
-    python bench/broker.py --scenario fanin-qos0,fanout --runs 3
-    python bench/broker.py --v5
-
-Prints the driver's table, then one line per scenario: mqttgate's headline
-figure, Mosquitto's, their ratio, and the delivered ratio of each (a broker that
-accepts and then drops messages is not faster).
+    python bench/broker.py --scenario fanin-qos0,fanin-qos1,fanout,connect-storm,idle-conns
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-COMPARE = HERE / "mqttbench" / "compare"
 HEADLINE = {
-    "fanin-qos0": "received_per_s",
-    "fanin-qos1": "acked_per_s",
-    "connect-storm": "connacks_per_s",
-    "idle-conns": "rss_per_conn_bytes",
-    "fanout": "received_per_s",
+    "fanin-qos0": ("received_per_s", "msg/s delivered"),
+    "fanin-qos1": ("acked_per_s", "PUBACKs/s"),
+    "fanout": ("received_per_s", "deliveries/s"),
+    "connect-storm": ("connacks_per_s", "CONNACKs/s"),
+    "idle-conns": ("rss_per_conn_bytes", "bytes RSS/connection"),
 }
 
 
@@ -47,68 +36,66 @@ def free_port() -> int:
         return port
 
 
-def mosquitto_config(directory: pathlib.Path, port: int) -> pathlib.Path:
-    text = (HERE / "mqttbench" / "configs" / "mosquitto.conf").read_text()
-    text = text.replace("listener 28831 127.0.0.1", f"listener {port} 127.0.0.1")
-    path = directory / "mosquitto.conf"
-    path.write_text(text)
-    return path
-
-
 def main() -> int:
+    root = pathlib.Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default="all")
+    parser.add_argument("--tools", default=str(root.parent / "shared" / "tools" / "mqttbench"))
+    parser.add_argument("--scenario", default="fanin-qos0,fanin-qos1,fanout,connect-storm,idle-conns")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--v5", action="store_true")
-    parser.add_argument("--no-mosquitto", action="store_true", help="mqttgate only")
-    parser.add_argument("--extra", default="", help="more arguments for the driver")
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--no-mosquitto", action="store_true")
+    parser.add_argument("extra", nargs="*", help="more arguments for compare")
     args = parser.parse_args()
-
+    tools = pathlib.Path(args.tools)
+    python = sys.executable
+    gate_port, http_port, mosq_port = free_port(), free_port(), free_port()
+    brokers = [
+        "--broker",
+        f"mqttgate@{gate_port}={python} -m mqttgate serve --allow-anonymous true --forward off "
+        f"--log-level warning --max-connections 20000 "
+        f"--mqtt-listen 127.0.0.1:{gate_port} --http-listen 127.0.0.1:{http_port}",
+    ]
     out = pathlib.Path(tempfile.mkdtemp(prefix="mqttgate-bench-"))
-    gate_port = free_port()
-    gate_cmd = (
-        f"{sys.executable} -m mqttgate serve --allow-anonymous true --forward off "
-        f"--mqtt-listen 127.0.0.1:{gate_port} --http-listen 127.0.0.1:0 --log-level warning "
-        f"--max-connections 20000 --max-queued-messages 10000"
-    )
-    cmd = [sys.executable, str(COMPARE), "--broker", f"mqttgate@{gate_port}={gate_cmd}"]
-    if not args.no_mosquitto:
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        mq_port = free_port()
-        conf = mosquitto_config(out, mq_port)
-        cmd += ["--broker", f"mosquitto@{mq_port}={mosquitto} -c {conf}"]
-    cmd += ["--scenario", args.scenario, "--runs", str(args.runs), "--out", str(out), "--markdown"]
-    if args.runs > 1:
-        cmd.append("--interleave")
-    if args.v5:
-        cmd.append("--v5")
-    cmd += args.extra.split()
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    started = time.monotonic()
-    subprocess.run(cmd, check=False, env=env)
-    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    print(f"\nratios (mqttgate / mosquitto), {time.monotonic() - started:.0f} s, raw results in {out}")
-    for scenario, key in HEADLINE.items():
-        figures: dict[str, list[float]] = {}
-        delivered: dict[str, list[float]] = {}
-        for r in results:
-            if r.get("scenario") != scenario or r.get("error") or r.get(key) is None:
+    if not args.no_mosquitto and shutil.which("mosquitto"):
+        conf = out / "mosquitto.conf"
+        reference = tools / "configs" / "mosquitto.conf"
+        conf.write_text(reference.read_text().replace("28831", str(mosq_port)))
+        brokers += ["--broker", f"mosquitto@{mosq_port}=mosquitto -c {conf}"]
+    cmd = [
+        python, str(tools / "compare"), *brokers, "--scenario", args.scenario,
+        "--runs", str(args.runs), "--duration", str(args.duration), "--out", str(out), *args.extra,
+    ]
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)
+    results: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for path in out.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
                 continue
-            figures.setdefault(r["broker"], []).append(float(r[key]))
-            if r.get("delivered_ratio") is not None:
-                delivered.setdefault(r["broker"], []).append(float(r["delivered_ratio"]))
-        if "mqttgate" not in figures:
-            continue
-        gate = statistics.median(figures["mqttgate"])
-        line = f"  {scenario:14} {key:20} mqttgate {gate:12,.0f}"
-        if "mosquitto" in figures:
-            ref = statistics.median(figures["mosquitto"])
-            line += f"  mosquitto {ref:12,.0f}  ratio {gate / ref:5.2f}"
-        for name, values in sorted(delivered.items()):
-            line += f"  delivered[{name}] {statistics.median(values):.3f}"
-        print(line)
+            key = (str(row.get("broker")), str(row.get("scenario")))
+            results.setdefault(key, []).append(row)
+    print(f"\nraw results in {out}")
+    print(f"{'scenario':15} {'mqttgate':>22} {'mosquitto':>22} {'ratio':>7}")
+    for scenario in args.scenario.split(","):
+        field, unit = HEADLINE.get(scenario, ("", ""))
+        cells = []
+        values = []
+        for broker in ("mqttgate", "mosquitto"):
+            rows = results.get((broker, scenario), [])
+            nums = sorted(float(r[field]) for r in rows if isinstance(r.get(field), (int, float)))
+            value = nums[len(nums) // 2] if nums else None
+            ratios = [r.get("delivered_ratio") for r in rows if r.get("delivered_ratio") is not None]
+            values.append(value)
+            text = "-" if value is None else f"{value:,.0f}"
+            if ratios:
+                text += f" ({float(ratios[len(ratios) // 2]):.0%})"  # type: ignore[arg-type]
+            cells.append(text)
+        ratio = f"{values[0] / values[1]:.2f}" if values[0] and values[1] else "-"
+        print(f"{scenario:15} {cells[0]:>22} {cells[1]:>22} {ratio:>7}  {unit}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -289,6 +289,21 @@ class Config:
     topic_alias_maximum: int = setting(
         32, int_range(0, 65535), "Topic aliases a v5 client may use towards us"
     )
+    max_outbox_bytes: int = setting(
+        256 * 1024, parse_size,
+        "Unsent bytes per client before QoS 0 deliveries are dropped and QoS 1/2 ones queued",
+        shown_default="256KiB",
+    )
+    takeover_flap_limit: int = setting(
+        5, int_range(1),
+        "Takeovers of one client id within 10 s before further takeovers are delayed",
+    )
+    takeover_flap_delay: float = setting(
+        1.0, positive_duration,
+        "First delay of a flapping client id's takeover; doubles per extra takeover, at most 10 s",
+        shown_default="1s",
+    )
+
 
     def public_dict(self) -> dict[str, str]:
         """Settings with secrets masked, for the start-up log event."""

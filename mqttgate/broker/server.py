@@ -1,12 +1,76 @@
-"""Placeholder broker: the lead's stub until the real broker lands."""
+"""The broker: listeners, the connection registry, session lifetimes and wills.
+
+Theory of operation
+-------------------
+``Broker.serve`` binds the listeners, reports the addresses through
+``task_status`` and accepts until ``shutdown`` is set. Each connection runs
+``Connection.run`` in its own small nursery (the reader, plus a writer and an
+ack task only while they have work). On shutdown the broker stops accepting,
+tells every connection SERVER_SHUTTING_DOWN (v5 DISCONNECT 0x8B, 3.1.1 close)
+after its pending forwards finished, and returns once all are closed.
+
+Session lifetimes and delayed wills are timers in one housekeeping task: a
+heap of deadlines checked at least once a second. A timer carries the
+session's ``epoch`` so a session resumed in the meantime is left alone.
+
+Takeover: a CONNECT for a client id that is connected ends the old connection
+(v5 DISCONNECT 0x8E, v5 [MQTT-3.1.4-3], v311 [MQTT-3.1.4-2]) and waits for it
+to close before the session is resumed or replaced. A client id taken over
+more than ``takeover_flap_limit`` times in 10 s waits ``takeover_flap_delay``,
+doubling per extra takeover up to 10 s, before it gets the session.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import attrs
 import trio
 
-from mqttgate.auth import Authenticator
+from mqttgate.auth import Authenticator, Identity
+from mqttgate.broker.connection import Connection
+from mqttgate.broker.delivery import SessionHandle
+from mqttgate.broker.router import LocalRouter
+from mqttgate.broker.stats import BrokerStats, ClientInfo
 from mqttgate.config import Config
-from mqttgate.forward import Forwarder
+from mqttgate.forward import Forwarder, ForwardMessage, NullForwarder
+from mqttgate.logs import get_logger
+from mqttgate.protocol.packets import Will
+from mqttgate.protocol.reasons import ReasonCode
+from mqttgate.protocol.session import ConnectPlan, Limits, Message, Session
+
+log = get_logger("broker")
+
+_FLAP_WINDOW = 10.0
+_FLAP_MAX_DELAY = 10.0
+
+
+def limits_from(config: Config) -> Limits:
+    return Limits(
+        max_packet_size=config.max_packet_size,
+        receive_maximum=config.receive_maximum,
+        max_inflight=config.max_inflight,
+        max_queued_messages=config.max_queued_messages,
+        max_topic_length=config.max_topic_length,
+        max_topic_levels=config.max_topic_levels,
+        max_subscriptions=config.max_subscriptions,
+        max_client_id_length=config.max_client_id_length,
+        max_session_expiry=int(config.max_session_expiry),
+        max_keepalive=config.max_keepalive,
+        topic_alias_maximum=config.topic_alias_maximum,
+    )
+
+
+@attrs.define
+class _PendingWill:
+    epoch: int
+    will: Will
+    identity: Identity
+    acl: Any
 
 
 class Broker:
@@ -14,6 +78,23 @@ class Broker:
         self.config = config
         self.authenticator = authenticator
         self.forwarder = forwarder
+        #: False with forwarding off: the hot path skips building ForwardMessages.
+        self.forwarding = not isinstance(forwarder, NullForwarder)
+        self.stats = BrokerStats()
+        self.limits = limits_from(config)
+        self.router = LocalRouter(self.stats, max_retained=config.max_retained_messages)
+        self.shutting_down = False
+        #: Congested sessions the next publisher to read waits for (overload control).
+        self.pressure: list[SessionHandle] = []
+        self._conns: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._timer_seq = itertools.count()
+        self._flaps: dict[str, list[float]] = {}
+        self._closed_events: dict[int, trio.Event] = {}
+        self._pending_wills: dict[str, _PendingWill] = {}
+
+    # ------------------------------------------------------------ serving
 
     async def serve(
         self,
@@ -22,16 +103,274 @@ class Broker:
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listen = self.config.mqtt_listen
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
-        async with trio.open_nursery() as nursery:
-            addrs = []
-            for listener in listeners:
-                host, port = listener.socket.getsockname()[:2]
-                addrs.append(f"mqtt://{host}:{port}")
-            nursery.start_soon(trio.serve_listeners, self._handle, listeners)
-            task_status.started(addrs)
-            await shutdown.wait()
-            nursery.cancel_scope.cancel()
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host, backlog=4096)
+        addresses = []
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            addresses.append(f"mqtt://[{host}]:{port}" if ":" in host else f"mqtt://{host}:{port}")
+        log.info("mqtt_listening", addresses=addresses)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._housekeeping)
+            async with trio.open_nursery() as conns:
+                async with trio.open_nursery() as accept:
+                    accept.start_soon(self._accept, listeners, conns)
+                    task_status.started(addresses)
+                    await shutdown.wait()
+                    accept.cancel_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                self.shutting_down = True
+                log.info("mqtt_draining", connections=len(self._conns))
+                for conn in list(self._conns.values()):
+                    conn.kick(ReasonCode.SERVER_SHUTTING_DOWN)
+            outer.cancel_scope.cancel()
+        log.info("mqtt_stopped")
+
+    async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
+        await trio.serve_listeners(self._handle, listeners, handler_nursery=conns)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        await stream.aclose()
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "?"
+        await self.serve_stream(stream, peer)
+
+    async def serve_stream(self, stream: Any, peer: str) -> None:
+        """Serve one client on any trio stream (tests use memory streams)."""
+        conn_id = next(self._ids)
+        conn = Connection(self, stream, conn_id, peer)
+        self._conns[conn_id] = conn
+        try:
+            if self.shutting_down:
+                await stream.aclose()
+                return
+            async with trio.open_nursery() as nursery:
+                await conn.run(nursery)
+        except Exception as error:  # a bug must end one connection, never the broker
+            log.error("connection_crashed", conn_id=conn_id, client_id=conn.client_id, error=repr(error), exc_info=True)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            if conn.connected:
+                self.connection_closed(conn)
+        finally:
+            self._conns.pop(conn_id, None)
+
+    # ------------------------------------------------------------ public API
+
+    def clients(self) -> list[ClientInfo]:
+        return [
+            ClientInfo(
+                client_id=conn.client_id,
+                device_id=conn.identity.device_id,
+                mqtt_user=conn.identity.mqtt_user,
+                peer=conn.peer,
+                protocol_version=int(conn.version),
+                connected_at=conn.connected_at,
+                inflight=len(conn.handle.session.inflight) if conn.handle else 0,
+                subscriptions=len(conn.handle.session.subscriptions) if conn.handle else 0,
+            )
+            for conn in self._conns.values()
+            if conn.connected
+        ]
+
+    def kick(self, client_id: str, reason: ReasonCode = ReasonCode.ADMINISTRATIVE_ACTION) -> bool:
+        """Disconnect a client (v5: DISCONNECT with ``reason``; 3.1.1: close)."""
+        target = self.router.target(client_id)
+        conn = target.conn if isinstance(target, SessionHandle) else None
+        if conn is None:
+            return False
+        log.info("client_kicked", conn_id=conn.conn_id, client_id=client_id, reason=reason.name)
+        conn.kick(reason)
+        return True
+
+    def kick_device(self, device_id: str, reason: ReasonCode = ReasonCode.ADMINISTRATIVE_ACTION) -> int:
+        """Disconnect every live connection of a device; returns how many."""
+        kicked = 0
+        for conn in list(self._conns.values()):
+            if conn.connected and conn.identity.device_id == device_id and conn.close_reason is None:
+                log.info("client_kicked", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason.name)
+                conn.kick(reason)
+                kicked += 1
+        return kicked
+
+    # ------------------------------------------------------------ sessions
+
+    async def take_over(self, conn: Connection, client_id: str) -> None:
+        """End any live connection of ``client_id`` and wait until it is closed."""
+        first = True
+        while True:
+            target = self.router.target(client_id)
+            old = target.conn if isinstance(target, SessionHandle) else None
+            if old is None or old is conn:
+                return
+            if first:
+                first = False
+                delay = self._flap_delay(client_id)
+                if delay:
+                    log.info("takeover_throttled", conn_id=conn.conn_id, client_id=client_id, delay_s=delay)
+                    await trio.sleep(delay)
+                    continue
+            old.taken_over = True
+            old.kick(ReasonCode.SESSION_TAKEN_OVER)
+            self.stats.takeovers += 1
+            log.info("session_taken_over", conn_id=conn.conn_id, old_conn_id=old.conn_id, client_id=client_id)
+            event = self._closed_events.setdefault(old.conn_id, trio.Event())
+            with trio.move_on_after(5.0):
+                await event.wait()
+
+    def _flap_delay(self, client_id: str) -> float:
+        now = trio.current_time()
+        times = [t for t in self._flaps.get(client_id, ()) if now - t < _FLAP_WINDOW]
+        times.append(now)
+        self._flaps[client_id] = times
+        excess = len(times) - self.config.takeover_flap_limit
+        if excess <= 0:
+            return 0.0
+        return float(min(self.config.takeover_flap_delay * 2 ** (excess - 1), _FLAP_MAX_DELAY))
+
+    def open_session(self, conn: Connection, plan: ConnectPlan, *, clean: bool) -> tuple[SessionHandle, bool]:
+        """Resume or create the session of ``conn``; returns it and Session Present."""
+        client_id = plan.client_id
+        target = self.router.target(client_id)
+        handle = target if isinstance(target, SessionHandle) else None
+        pending = self._pending_wills.pop(client_id, None)
+        if handle is not None and clean:
+            # v5 [MQTT-3.1.2-4], v311 [MQTT-3.1.2-6]: Clean Start discards the old session.
+            self.router.detach(client_id, handle)
+            if pending is not None:
+                # The old session ends now, so its delayed Will is due (v5 section 3.1.3.2.2).
+                self._publish_will(client_id, pending)
+            handle = None
+        if handle is None:
+            session = Session(
+                client_id,
+                secrets.token_hex(8),
+                max_queued=self.config.max_queued_messages,
+                expiry=plan.session_expiry,
+            )
+            handle = SessionHandle(
+                session, self.stats, self.config.max_outbox_bytes, trio.current_time, self.pressure
+            )
+            self.router.attach(client_id, handle)
+            present = False
+        else:
+            handle.session.expiry = plan.session_expiry
+            present = True
+        handle.epoch += 1
+        handle.conn = conn
+        self.stats.connections_current += 1
+        return handle, present
+
+    def connection_closed(self, conn: Connection) -> None:
+        """Called once by every connection as it closes."""
+        event = self._closed_events.pop(conn.conn_id, None)
+        if event is not None:
+            event.set()
+        handle = conn.handle
+        if handle is None or not conn.connected:
+            return
+        conn.connected = False
+        self.stats.connections_current -= 1
+        if conn.close_reason is not None:
+            reason = conn.close_reason.name
+        else:
+            reason = "connection_lost" if conn.abnormal else "client_disconnect"
+        log.info("client_disconnected", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason)
+        if handle.conn is not conn:
+            return
+        handle.conn = None
+        client_id = conn.client_id
+        session = handle.session
+        will = conn.will if conn.abnormal and not self.shutting_down else None
+        pending = _PendingWill(handle.epoch, will, conn.identity, conn.acl) if will is not None else None
+        if session.expiry == 0:
+            self.router.detach(client_id, handle)
+            if pending is not None:
+                self._publish_will(client_id, pending)
+            return
+        now = trio.current_time()
+        self.schedule(now + session.expiry, self._expire, handle, handle.epoch)
+        if pending is not None:
+            delay = pending.will.properties.will_delay_interval or 0
+            if delay == 0:
+                self._publish_will(client_id, pending)
+            else:
+                # v5 section 3.1.3.2.2: at the end of the delay or of the session.
+                self._pending_wills[client_id] = pending
+                self.schedule(now + min(delay, session.expiry), self._will_due, handle, handle.epoch)
+
+    def _expire(self, handle: SessionHandle, epoch: int) -> None:
+        client_id = handle.session.client_id
+        if handle.epoch != epoch or handle.conn is not None or self.router.target(client_id) is not handle:
+            return
+        log.debug("session_expired", client_id=client_id)
+        self.router.detach(client_id, handle)
+        pending = self._pending_wills.pop(client_id, None)
+        if pending is not None:
+            self._publish_will(client_id, pending)
+
+    def _will_due(self, handle: SessionHandle, epoch: int) -> None:
+        client_id = handle.session.client_id
+        pending = self._pending_wills.get(client_id)
+        if pending is None or pending.epoch != epoch or handle.conn is not None:
+            return
+        del self._pending_wills[client_id]
+        self._publish_will(client_id, pending)
+
+    def _publish_will(self, client_id: str, pending: _PendingWill) -> None:
+        will = pending.will
+        if pending.acl is not None and not pending.acl.may_publish(will.topic):
+            self.stats.publish_denied += 1
+            log.info("will_denied", client_id=client_id, topic=will.topic)
+            return
+        props = will.properties
+        if props.will_delay_interval is not None:
+            props = attrs.evolve(props, will_delay_interval=None)
+        now = trio.current_time()
+        expiry = props.message_expiry_interval
+        message = Message(
+            will.topic, will.payload, will.qos, will.retain, props, client_id,
+            None if expiry is None else now + expiry,
+        )
+        self.stats.wills_published += 1
+        log.debug("will_published", client_id=client_id, topic=will.topic)
+        if will.retain:
+            self.router.retain(message)
+        self.router.publish(message)
+        if self.forwarding:
+            identity = pending.identity
+            forwarded = ForwardMessage(
+                topic=will.topic, payload=will.payload, qos=will.qos, retain=will.retain,
+                client_id=client_id, device_id=identity.device_id,
+                device_type=identity.device_type, mqtt_user=identity.mqtt_user, properties=props,
+            )
+            if not self.forwarder.submit_nowait(forwarded):
+                self.stats.forward_dropped += 1
+
+    # ------------------------------------------------------------ timers
+
+    def schedule(self, when: float, callback: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), callback, args))
+
+    async def _housekeeping(self) -> None:
+        timers = self._timers
+        last_prune = trio.current_time()
+        while True:
+            now = trio.current_time()
+            while timers and timers[0][0] <= now:
+                _, _, callback, args = heapq.heappop(timers)
+                try:
+                    callback(*args)
+                except Exception as error:  # a timer bug must not stop the others
+                    log.error("timer_failed", error=repr(error), exc_info=True)
+            if now - last_prune > _FLAP_WINDOW:
+                last_prune = now
+                self._flaps = {
+                    cid: times for cid, times in self._flaps.items() if now - times[-1] < _FLAP_WINDOW
+                }
+            wake = now + 1.0
+            if timers and timers[0][0] < wake:
+                wake = timers[0][0]
+            await trio.sleep_until(wake)

@@ -1,0 +1,405 @@
+"""One client's MQTT session, and the decisions taken when it connects.
+
+Theory of operation
+-------------------
+This module decides; :mod:`mqttgate.broker` waits. Nothing here reads a clock,
+a socket or a logger: times come in as ``now`` (monotonic seconds) arguments.
+
+* :func:`negotiate` turns a CONNECT and the broker's :class:`Limits` into a
+  :class:`ConnectPlan` (client id, keep alive, session expiry, the peer's
+  receive maximum and packet size) or an error reason for the CONNACK.
+* :class:`Message` is one application message on its way through the broker:
+  what a client published, stamped with its sender and expiry deadline.
+* :class:`Session` is the state that outlives a connection (v5 section 4.1,
+  v311 section 4.1): the outbound in-flight window and queue of QoS 1/2
+  messages, the inbound QoS 2 packet ids waiting for PUBREL, the subscription
+  mirror and the de-duplication ids handed to the forwarder. Its methods take
+  packets and return the packets to send; the connection encodes them.
+
+Outbound QoS 1/2 flow (server -> client), per packet id::
+
+    queued --(window has room)--> SENT --PUBACK--> done            (QoS 1)
+                                  SENT --PUBREC--> RELEASED --PUBCOMP--> done (QoS 2)
+
+Inbound QoS 2 flow (client -> server): PUBLISH -> (routed once) -> PUBREC ->
+PUBREL -> PUBCOMP; the packet id stays in ``awaiting_release`` until PUBREL, so
+a retransmitted PUBLISH is acknowledged again but not routed twice
+(v5 [MQTT-4.3.3-10], v311 [MQTT-4.3.3-2] method B).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import math
+from typing import Any
+
+import attrs
+
+from mqttgate.protocol.packets import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Properties,
+    Publish,
+    Pubrel,
+)
+from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
+
+#: Session Expiry Interval meaning "never expires" (v5 section 3.1.2.11.2).
+NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@attrs.frozen
+class Limits:
+    """The broker limits a session needs (made from ``Config``)."""
+
+    max_packet_size: int = 1024 * 1024
+    receive_maximum: int = 64
+    max_inflight: int = 64
+    max_queued_messages: int = 1000
+    max_topic_length: int = 1024
+    max_topic_levels: int = 32
+    max_subscriptions: int = 100
+    max_client_id_length: int = 128
+    #: Seconds; caps v5 Session Expiry Interval and is the 3.1.1 persistent lifetime.
+    max_session_expiry: int = 86400
+    max_keepalive: int = 3600
+    topic_alias_maximum: int = 32
+
+
+@attrs.frozen
+class ConnectPlan:
+    """What :func:`negotiate` decided for a CONNECT."""
+
+    #: SUCCESS, or the reason for the refusing CONNACK.
+    reason: ReasonCode
+    detail: str = ""
+    client_id: str = ""
+    #: The server assigned the client id (v5: returned as Assigned Client Identifier).
+    assigned: bool = False
+    #: Keep alive in force, seconds (0: none).
+    keepalive: int = 0
+    #: v5 Server Keep Alive to return, when it differs from what the client asked.
+    server_keepalive: int | None = None
+    #: Seconds the session outlives the connection (0: ends with it).
+    session_expiry: int = 0
+    #: Messages we may have in flight towards the client (its Receive Maximum).
+    peer_receive_maximum: int = 65535
+    #: Largest packet the client accepts (v5 Maximum Packet Size), None: no limit.
+    peer_max_packet_size: int | None = None
+
+
+def _client_id_problem(client_id: str, limits: Limits) -> str | None:
+    if len(client_id.encode("utf-8")) > limits.max_client_id_length:
+        return f"client identifier longer than {limits.max_client_id_length} bytes"
+    for ch in client_id:
+        if ch < " " or ch == "\x7f":
+            return "client identifier contains a control character"
+    return None
+
+
+def negotiate(connect: Connect, limits: Limits, assign_id: str) -> ConnectPlan:
+    """Decide a CONNECT. ``assign_id`` is used if the client sent an empty id."""
+    v5 = connect.protocol_version == ProtocolVersion.V5
+    if connect.protocol_version == ProtocolVersion.V31:
+        # MQTT 3.1 is answered with return code 0x01 (docs/broker.md).
+        return ConnectPlan(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION, "MQTT 3.1 is not supported")
+    client_id = connect.client_id
+    assigned = False
+    if not client_id:
+        if not v5 and not connect.clean_start:
+            # v311 [MQTT-3.1.3-8]: empty id with Clean Session 0 gets return code 2.
+            return ConnectPlan(
+                ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client identifier needs clean session (v311 [MQTT-3.1.3-8])",
+            )
+        # v5 [MQTT-3.1.3-6], v311 [MQTT-3.1.3-6]: the server assigns a unique id.
+        client_id, assigned = assign_id, True
+    problem = _client_id_problem(client_id, limits)
+    if problem is not None:
+        return ConnectPlan(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, problem)
+    props = connect.properties
+    keepalive = connect.keepalive
+    server_keepalive = None
+    if v5 and (keepalive == 0 or keepalive > limits.max_keepalive):
+        # v5 section 3.2.2.3.14: the client MUST use the Server Keep Alive.
+        keepalive = server_keepalive = limits.max_keepalive
+    if v5:
+        expiry = props.session_expiry_interval or 0
+        if expiry == NEVER_EXPIRES or expiry > limits.max_session_expiry:
+            expiry = limits.max_session_expiry
+    else:
+        expiry = 0 if connect.clean_start else limits.max_session_expiry
+    return ConnectPlan(
+        ReasonCode.SUCCESS,
+        client_id=client_id,
+        assigned=assigned,
+        keepalive=keepalive,
+        server_keepalive=server_keepalive,
+        session_expiry=expiry,
+        peer_receive_maximum=(props.receive_maximum or 65535) if v5 else 65535,
+        peer_max_packet_size=props.maximum_packet_size if v5 else None,
+    )
+
+
+def connack_for(
+    plan: ConnectPlan, version: ProtocolVersion, limits: Limits, *, session_present: bool,
+    requested_expiry: int | None = None,
+) -> Connack:
+    """The CONNACK for a plan (success or refusal)."""
+    if plan.reason != ReasonCode.SUCCESS:
+        props = NO_PROPERTIES
+        if version == ProtocolVersion.V5 and plan.detail:
+            props = Properties(reason_string=plan.detail)
+        # v5 [MQTT-3.2.2-6], v311 [MQTT-3.2.2-4]: session present is 0 on refusal.
+        return Connack(plan.reason, False, props)
+    if version != ProtocolVersion.V5:
+        return Connack(ReasonCode.SUCCESS, session_present)
+    props = Properties(
+        receive_maximum=limits.receive_maximum,
+        maximum_packet_size=limits.max_packet_size,
+        topic_alias_maximum=limits.topic_alias_maximum,
+        assigned_client_identifier=plan.client_id if plan.assigned else None,
+        server_keep_alive=plan.server_keepalive,
+        # v5 section 3.2.2.3.2: tell the client when we shortened its request.
+        session_expiry_interval=(
+            plan.session_expiry
+            if requested_expiry is not None and requested_expiry != plan.session_expiry
+            else None
+        ),
+    )
+    return Connack(ReasonCode.SUCCESS, session_present, props)
+
+
+class Message:
+    """An application message being routed: what a client (or a will) published."""
+
+    __slots__ = ("cache", "expires_at", "payload", "properties", "qos", "retain", "sender", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties,
+        sender: str | None,
+        expires_at: float | None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        #: v5 properties passed through (topic alias removed), in order.
+        self.properties = properties
+        #: Client id of the publisher (for No Local), None for server messages.
+        self.sender = sender
+        #: Monotonic deadline from the Message Expiry Interval, None: no expiry.
+        self.expires_at = expires_at
+        #: Encoded QoS 0 PUBLISH bytes shared by subscribers with equal options.
+        self.cache: dict[tuple[int, bool, tuple[int, ...]], bytes] | None = None
+
+
+def message_from_publish(publish: Publish, topic: str, sender: str | None, now: float) -> Message:
+    """A :class:`Message` for a received PUBLISH whose topic alias is resolved."""
+    props = publish.properties
+    expires_at = None
+    if props is not NO_PROPERTIES:
+        if props.topic_alias is not None:
+            # v5 section 3.3.2.3.4: the alias is per connection, never forwarded.
+            props = attrs.evolve(props, topic_alias=None)
+        if props.message_expiry_interval is not None:
+            expires_at = now + props.message_expiry_interval
+    return Message(topic, publish.payload, publish.qos, publish.retain, props, sender, expires_at)
+
+
+def outgoing_properties(message: Message, sub_ids: tuple[int, ...], now: float) -> Properties | None:
+    """Properties for delivering ``message``; None if it has expired.
+
+    v5 [MQTT-3.3.2-5]: an expired message is not delivered; [MQTT-3.3.2-6]: the
+    Message Expiry Interval sent is the time remaining. v5 [MQTT-3.3.4-3]: the
+    Subscription Identifiers of the matching subscriptions are added.
+    """
+    props = message.properties
+    if message.expires_at is not None:
+        remaining = message.expires_at - now
+        if remaining <= 0:
+            return None
+        props = attrs.evolve(props, message_expiry_interval=max(1, math.ceil(remaining)))
+    if sub_ids:
+        props = attrs.evolve(props, subscription_identifiers=sub_ids)
+    return props
+
+
+@attrs.frozen
+class SubOptions:
+    """One subscription of one client, as stored in the router."""
+
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    #: v5 Subscription Identifier, None when absent.
+    sub_id: int | None = None
+
+
+class OutState(enum.Enum):
+    #: PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    SENT = 1
+    #: PUBREL sent, waiting for PUBCOMP (QoS 2).
+    RELEASED = 2
+
+
+class Overflow(Exception):
+    """The session's queue is full (the caller disconnects with 0x97 or drops)."""
+
+
+class Session:
+    """State that outlives a connection (see the module docstring)."""
+
+    __slots__ = (
+        "awaiting_release",
+        "client_id",
+        "counter",
+        "expiry",
+        "inbound_ids",
+        "inflight",
+        "max_queued",
+        "next_packet_id",
+        "queue",
+        "subscriptions",
+        "uid",
+        "window",
+    )
+
+    def __init__(self, client_id: str, uid: str, *, max_queued: int, expiry: int = 0) -> None:
+        self.client_id = client_id
+        #: Random per session, kept across reconnects: the de-duplication id stem.
+        self.uid = uid
+        self.expiry = expiry
+        self.max_queued = max_queued
+        #: Outbound QoS 1/2 in flight: packet id -> (state, PUBLISH as first sent).
+        self.inflight: dict[int, tuple[OutState, Publish]] = {}
+        #: Outbound QoS 1/2 waiting for room in the window (or for a connection).
+        # An empty tuple until first used: an idle session should not carry a deque.
+        self.queue: Any = ()
+        #: Inbound QoS 2 packet ids routed and not yet released by PUBREL.
+        self.awaiting_release: set[int] = set()
+        #: Inbound packet id -> de-dup id while its flow is not complete.
+        self.inbound_ids: dict[int, str] = {}
+        self.counter = 0
+        self.next_packet_id = 1
+        #: Messages we may have in flight to the client right now.
+        self.window = 0
+        #: topic filter (as subscribed, with any $share prefix) -> options.
+        self.subscriptions: dict[str, SubOptions] = {}
+
+    # -- inbound (client -> server)
+
+    def inbound_msg_id(self, packet_id: int) -> str:
+        """The forwarder's de-dup id for an inbound QoS 1/2 packet id.
+
+        A retransmission of a packet id whose flow has not completed gets the
+        same id (stored once upstream); a packet id reused after completion
+        gets a new one.
+        """
+        msg_id = self.inbound_ids.get(packet_id)
+        if msg_id is None:
+            self.counter += 1
+            msg_id = self.inbound_ids[packet_id] = f"{self.uid}:{packet_id}:{self.counter}"
+        return msg_id
+
+    def inbound_done(self, packet_id: int) -> None:
+        """The inbound flow of ``packet_id`` completed (PUBACK or PUBCOMP sent)."""
+        self.inbound_ids.pop(packet_id, None)
+
+    # -- outbound (server -> client)
+
+    def _allocate(self) -> int:
+        pid = self.next_packet_id
+        inflight = self.inflight
+        # v5 [MQTT-2.2.1-4]: never reuse an id still in flight; the window is
+        # at most 65535 so a free id exists.
+        while pid in inflight:
+            pid = pid % 65535 + 1
+        self.next_packet_id = pid % 65535 + 1
+        return pid
+
+    def has_room(self) -> bool:
+        return len(self.inflight) < self.window
+
+    def start(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties
+    ) -> Publish:
+        """A QoS 1/2 PUBLISH with a fresh packet id, recorded as in flight."""
+        pid = self._allocate()
+        sent = Publish(topic, payload, qos, retain, False, pid, properties)
+        self.inflight[pid] = (OutState.SENT, sent)
+        return sent
+
+    def forget(self, packet_id: int) -> None:
+        """Drop an in-flight entry that could not be sent (too large for the peer)."""
+        self.inflight.pop(packet_id, None)
+
+    def enqueue(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
+        """Queue a QoS 1/2 delivery; raises :class:`Overflow` when full."""
+        if len(self.queue) >= self.max_queued:
+            raise Overflow(self.client_id)
+        if not self.queue:
+            self.queue = collections.deque()
+        self.queue.append((message, qos, retain, sub_ids))
+
+    def on_puback(self, packet_id: int) -> bool:
+        """PUBACK from the client; False if the id was not a QoS 1 in flight."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[0] is not OutState.SENT or entry[1].qos != 1:
+            return False
+        del self.inflight[packet_id]
+        return True
+
+    def on_pubrec(self, packet_id: int, reason: ReasonCode) -> Pubrel | None:
+        """PUBREC from the client; the PUBREL to send, or None."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[1].qos != 2:
+            # v5 [MQTT-4.3.3-4]: PUBREL with 0x92 for an unknown id.
+            return Pubrel(packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
+        if reason.is_error:
+            # v5 section 4.3.3: a PUBREC with an error ends the flow.
+            del self.inflight[packet_id]
+            return None
+        self.inflight[packet_id] = (OutState.RELEASED, entry[1])
+        return Pubrel(packet_id)
+
+    def on_pubcomp(self, packet_id: int) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry[0] is not OutState.RELEASED:
+            return False
+        del self.inflight[packet_id]
+        return True
+
+    def resend(self) -> list[Publish | Pubrel]:
+        """What to retransmit on a resumed session, in the original order.
+
+        v5 [MQTT-4.4.0-1], v311 [MQTT-4.4.0-1]: unacknowledged PUBLISHes with
+        DUP set, and PUBRELs for QoS 2 messages already received.
+        """
+        out: list[Publish | Pubrel] = []
+        for pid, (state, publish) in self.inflight.items():
+            if state is OutState.SENT:
+                out.append(attrs.evolve(publish, dup=True))
+            else:
+                out.append(Pubrel(pid))
+        return out
+
+    def reset_connection_state(self) -> None:
+        """Clean Start on an existing session: nothing of it survives."""
+        self.inflight.clear()
+        self.queue = ()
+        self.awaiting_release.clear()
+        self.inbound_ids.clear()
+        self.subscriptions.clear()
+
+
+def downgrade(message_qos: int, granted: int) -> int:
+    """v5 [MQTT-3.8.4-8], v311 section 3.8.4: deliver at the lower QoS."""
+    return message_qos if message_qos < granted else granted

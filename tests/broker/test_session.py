@@ -1,0 +1,179 @@
+"""The pure session logic: CONNECT negotiation, QoS flows, ids, expiry. No trio."""
+
+from __future__ import annotations
+
+import pytest
+
+from mqttgate.protocol.packets import NO_PROPERTIES, Connect, Properties, Publish, Pubrel
+from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
+from mqttgate.protocol.session import (
+    Limits,
+    Message,
+    OutState,
+    Overflow,
+    Session,
+    connack_for,
+    message_from_publish,
+    negotiate,
+    outgoing_properties,
+)
+
+V311, V5 = ProtocolVersion.V311, ProtocolVersion.V5
+LIMITS = Limits(max_keepalive=600, max_session_expiry=3600, max_client_id_length=30)
+
+
+def test_v311_empty_client_id_needs_clean_session() -> None:
+    # v311 [MQTT-3.1.3-8]
+    plan = negotiate(Connect("", V311, clean_start=False), LIMITS, "auto-1")
+    assert plan.reason == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
+    plan = negotiate(Connect("", V311, clean_start=True), LIMITS, "auto-1")
+    assert plan.reason == ReasonCode.SUCCESS and plan.client_id == "auto-1" and plan.assigned
+
+
+def test_v5_empty_client_id_is_assigned_and_returned() -> None:
+    plan = negotiate(Connect("", V5, clean_start=False), LIMITS, "auto-2")
+    assert plan.client_id == "auto-2" and plan.assigned
+    connack = connack_for(plan, V5, LIMITS, session_present=False)
+    assert connack.properties.assigned_client_identifier == "auto-2"
+    assert connack.properties.receive_maximum == LIMITS.receive_maximum
+    assert connack.properties.maximum_packet_size == LIMITS.max_packet_size
+
+
+@pytest.mark.parametrize("client_id", ["x" * 31, "bad\x01id", "del\x7f"])
+def test_client_id_rules(client_id: str) -> None:
+    plan = negotiate(Connect(client_id, V5), LIMITS, "auto")
+    assert plan.reason == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID
+
+
+def test_mqtt31_refused() -> None:
+    plan = negotiate(Connect("a", ProtocolVersion.V31, protocol_name="MQIsdp"), LIMITS, "x")
+    assert plan.reason == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize(
+    ("asked", "used", "server_keepalive"), [(60, 60, None), (0, 600, 600), (601, 600, 600)]
+)
+def test_v5_server_keepalive(asked: int, used: int, server_keepalive: int | None) -> None:
+    plan = negotiate(Connect("a", V5, keepalive=asked), LIMITS, "x")
+    assert (plan.keepalive, plan.server_keepalive) == (used, server_keepalive)
+    assert connack_for(plan, V5, LIMITS, session_present=False).properties.server_keep_alive == server_keepalive
+
+
+def test_v311_keepalive_is_honoured() -> None:
+    assert negotiate(Connect("a", V311, keepalive=0), LIMITS, "x").keepalive == 0
+    assert negotiate(Connect("a", V311, keepalive=9999), LIMITS, "x").keepalive == 9999
+
+
+def test_session_expiry() -> None:
+    def expiry(version: ProtocolVersion, clean: bool, interval: int | None) -> int:
+        props = Properties(session_expiry_interval=interval) if interval is not None else NO_PROPERTIES
+        return negotiate(Connect("a", version, clean_start=clean, properties=props), LIMITS, "x").session_expiry
+
+    assert expiry(V311, True, None) == 0
+    assert expiry(V311, False, None) == 3600
+    assert expiry(V5, False, None) == 0
+    assert expiry(V5, True, 100) == 100
+    assert expiry(V5, True, 0xFFFFFFFF) == 3600
+    plan = negotiate(Connect("a", V5, properties=Properties(session_expiry_interval=99999)), LIMITS, "x")
+    connack = connack_for(plan, V5, LIMITS, session_present=False, requested_expiry=99999)
+    # v5 section 3.2.2.3.2: the shortened interval is returned.
+    assert connack.properties.session_expiry_interval == 3600
+
+
+def test_refusal_connack_has_no_session_present() -> None:
+    plan = negotiate(Connect("", V311, clean_start=False), LIMITS, "x")
+    connack = connack_for(plan, V311, LIMITS, session_present=True)
+    assert connack.reason_code == ReasonCode.CLIENT_IDENTIFIER_NOT_VALID and not connack.session_present
+
+
+def _message(qos: int = 1, topic: str = "t") -> Message:
+    return Message(topic, b"p", qos, False, NO_PROPERTIES, "sender", None)
+
+
+def test_outbound_qos1_flow_and_window() -> None:
+    session = Session("c", "uid", max_queued=2)
+    session.window = 2
+    first = session.start("t", b"1", 1, False, NO_PROPERTIES)
+    second = session.start("t", b"2", 1, False, NO_PROPERTIES)
+    assert (first.packet_id, second.packet_id) == (1, 2)
+    assert not session.has_room()
+    assert session.on_puback(1)
+    assert not session.on_puback(1)  # already acknowledged
+    assert session.has_room()
+    session.enqueue(_message(), 1, False, ())
+    session.enqueue(_message(), 1, False, ())
+    with pytest.raises(Overflow):
+        session.enqueue(_message(), 1, False, ())
+
+
+def test_outbound_qos2_flow() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    publish = session.start("t", b"x", 2, False, NO_PROPERTIES)
+    pid = publish.packet_id
+    assert pid is not None
+    assert not session.on_puback(pid)  # a PUBACK for a QoS 2 message is not an ack
+    assert session.on_pubrec(pid, ReasonCode.SUCCESS) == Pubrel(pid)
+    assert session.inflight[pid][0] is OutState.RELEASED
+    assert session.on_pubcomp(pid)
+    assert not session.inflight
+    # v5 [MQTT-4.3.3-4]: unknown id -> PUBREL 0x92
+    assert session.on_pubrec(77, ReasonCode.SUCCESS) == Pubrel(77, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
+
+
+def test_pubrec_with_error_ends_flow() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    pid = session.start("t", b"x", 2, False, NO_PROPERTIES).packet_id
+    assert pid is not None
+    assert session.on_pubrec(pid, ReasonCode.UNSPECIFIED_ERROR) is None
+    assert not session.inflight
+
+
+def test_resend_sets_dup_and_pubrel_in_order() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    a = session.start("t", b"a", 1, False, NO_PROPERTIES)
+    b = session.start("t", b"b", 2, False, NO_PROPERTIES)
+    assert b.packet_id is not None
+    session.on_pubrec(b.packet_id, ReasonCode.SUCCESS)
+    resent = session.resend()
+    assert resent == [Publish("t", b"a", 1, False, True, a.packet_id), Pubrel(b.packet_id)]
+
+
+def test_packet_ids_skip_those_in_flight_and_wrap() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 65535
+    session.next_packet_id = 65535
+    assert session.start("t", b"", 1, False, NO_PROPERTIES).packet_id == 65535
+    assert session.start("t", b"", 1, False, NO_PROPERTIES).packet_id == 1
+    session.next_packet_id = 1
+    assert session.start("t", b"", 1, False, NO_PROPERTIES).packet_id == 2
+
+
+def test_inbound_msg_ids_stable_until_done_then_new() -> None:
+    session = Session("c", "uid", max_queued=10)
+    first = session.inbound_msg_id(5)
+    assert session.inbound_msg_id(5) == first  # retransmission: same de-dup id
+    session.inbound_done(5)
+    second = session.inbound_msg_id(5)
+    assert second != first and second.startswith("uid:5:")
+
+
+def test_message_expiry_counts_down_and_alias_is_dropped() -> None:
+    publish = Publish("t", b"x", 1, False, False, 1, Properties(message_expiry_interval=10, topic_alias=3))
+    message = message_from_publish(publish, "t", "me", now=100.0)
+    assert message.properties.topic_alias is None
+    assert message.expires_at == 110.0
+    props = outgoing_properties(message, (4,), now=103.5)
+    assert props is not None
+    assert props.message_expiry_interval == 7 and props.subscription_identifiers == (4,)
+    assert outgoing_properties(message, (), now=110.0) is None
+
+
+def test_user_properties_pass_through_in_order() -> None:
+    user = (("b", "1"), ("a", "2"), ("b", "3"))
+    publish = Publish("t", b"x", 0, properties=Properties(user_properties=user, content_type="c"))
+    message = message_from_publish(publish, "t", "me", now=0.0)
+    props = outgoing_properties(message, (), now=0.0)
+    assert props is not None and props.user_properties == user and props.content_type == "c"
