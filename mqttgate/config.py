@@ -22,7 +22,11 @@ from typing import Any
 
 import attrs
 
+from mqttgate import acl as _acl
+
 ENV_PREFIX = "MQTTGATE_"
+#: MQTTGATE_* variables that are not ours: the test suite's, and Kubernetes service links.
+_FOREIGN_VARIABLE = re.compile(r"^MQTTGATE_(TEST_|SERVICE_|PORT(_|$))")
 
 
 class ConfigError(Exception):
@@ -189,6 +193,34 @@ def setting(
     )
 
 
+_NATS_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_NATS_TOKEN = re.compile(r"^[^\s.*>\x00\x7f]+$")
+
+
+def parse_nats_stream(text: str) -> str:
+    """A JetStream stream name: letters, digits, ``_`` and ``-`` (no ``.``,
+    wildcards, whitespace or path separators, which nats-server refuses)."""
+    if not _NATS_STREAM_NAME.match(text):
+        raise ValueError(f"{text!r} is not a stream name (letters, digits, _ and -)")
+    return text
+
+
+def parse_subject_prefix(text: str) -> str:
+    """One or more literal NATS subject tokens joined by ``.`` (``mqtt``, ``org.mqtt``)."""
+    if not all(_NATS_TOKEN.match(token) for token in text.split(".")):
+        raise ValueError(
+            f"{text!r} is not a subject prefix (tokens without whitespace, '*' or '>', joined by '.')"
+        )
+    return text
+
+
+def nonnegative_duration(text: str) -> float:
+    value = parse_duration(text)
+    if math.isinf(value):
+        raise ValueError(f"{text!r} must be a finite duration")
+    return value
+
+
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "mqttgate")
@@ -204,6 +236,22 @@ class Config:
     http_listen: Address = setting(
         Address("0.0.0.0", 9091), parse_address, "HTTP API listener, host:port",
         shown_default="0.0.0.0:9091",
+    )
+    # MQTT over TLS (mqttgate/tls.py, docs/operations.md "TLS"); 8883 is the IANA port.
+    mqtts_listen: Address | None = setting(
+        None, parse_optional_address,
+        "MQTT-over-TLS listener, host:port (conventionally 0.0.0.0:8883), or off; TLS 1.2+",
+        shown_default="off",
+    )
+    tls_cert_file: str | None = setting(
+        None, parse_optional_str,
+        "Server certificate chain (PEM path) of the TLS listener; re-read on SIGHUP",
+        shown_default="none",
+    )
+    tls_key_file: str | None = setting(
+        None, parse_optional_str,
+        "Private key (PEM path, unencrypted) of the TLS listener; unset: read from the certificate file",
+        shown_default="none",
     )
     # --- services --------------------------------------------------------
     database_url: str | None = setting(
@@ -294,6 +342,12 @@ class Config:
         "Unsent bytes per client before QoS 0 deliveries are dropped and QoS 1/2 ones queued",
         shown_default="256KiB",
     )
+    max_publisher_pause: float = setting(
+        2.0, positive_duration,
+        "Longest a publisher stops being read while its subscribers are congested; "
+        "a subscriber still congested then is marked slow and loses QoS 0 messages",
+        shown_default="2s",
+    )
     takeover_flap_limit: int = setting(
         5, int_range(1),
         "Takeovers of one client id within 10 s before further takeovers are delayed",
@@ -304,6 +358,113 @@ class Config:
         shown_default="1s",
     )
 
+    # --- registry and auth -----------------------------------------------
+    # Rationale for each default: docs/api.md ("Authentication" and "ACL").
+    database_pool_size: int = setting(
+        10, int_range(1, 1000), "Most PostgreSQL connections the daemon opens"
+    )
+    database_startup_timeout: float = setting(
+        30.0, positive_duration, "How long start-up waits for PostgreSQL to accept connections",
+        shown_default="30s",
+    )
+    database_query_timeout: float = setting(
+        5.0, positive_duration, "Deadline of one PostgreSQL query; past it the store counts as down",
+        shown_default="5s",
+    )
+    acl_publish: str = setting(
+        _acl.DEFAULT_PUBLISH, _acl.parse_acl_setting,
+        "Device PUBLISH rules: comma-separated allow:FILTER / deny:FILTER, first match wins, "
+        "default deny; placeholders {mqtt_user} {device_id} {type}",
+    )
+    acl_subscribe: str = setting(
+        _acl.DEFAULT_SUBSCRIBE, _acl.parse_acl_setting,
+        "Device SUBSCRIBE rules, same syntax; an allow rule must contain the whole filter",
+    )
+    argon2_time_cost: int = setting(2, int_range(1, 100), "argon2id iterations (t) for new hashes")
+    argon2_memory_kib: int = setting(
+        19456, int_range(8, 4 * 1024 * 1024), "argon2id memory (m) for new hashes, in KiB"
+    )
+    argon2_parallelism: int = setting(1, int_range(1, 64), "argon2id lanes (p) for new hashes")
+    argon2_threads: int = setting(
+        0, int_range(0, 256), "Concurrent argon2 computations (0 = number of CPU cores)"
+    )
+    auth_max_pending: int = setting(
+        200, int_range(1), "Password verifications queued or running; more CONNECTs get server busy"
+    )
+    auth_cache_size: int = setting(
+        100_000, int_range(0), "Verified credentials remembered (0 disables the cache)"
+    )
+    auth_cache_ttl: float = setting(
+        600.0, parse_duration, "How long a verified credential is remembered", shown_default="10m"
+    )
+    auth_fail_limit_user: int = setting(
+        10, int_range(1), "Failed logins per user name per window before that name is throttled"
+    )
+    auth_fail_limit_address: int = setting(
+        100, int_range(1), "Failed logins per source address per window before it is throttled"
+    )
+    auth_fail_window: float = setting(
+        60.0, positive_duration, "Window of the failed-login limits", shown_default="60s"
+    )
+
+    # --- NATS forwarding ---------------------------------------------------
+    # Rationale and the memory bound: docs/nats.md.
+    nats_stream: str = setting("MQTT", parse_nats_stream, "JetStream stream that stores device messages")
+    nats_subject_prefix: str = setting(
+        "mqtt", parse_subject_prefix, "Subject prefix: messages go to <prefix>.<device_id>.<topic as subject>"
+    )
+    nats_storage: str = setting("file", choice("file", "memory"), "Storage of a stream we create")
+    nats_replicas: int = setting(1, int_range(1, 5), "Replicas of a stream we create")
+    nats_max_age: float = setting(
+        0.0, nonnegative_duration, "Max age of stored messages in a stream we create (0 = unlimited)",
+        shown_default="0 (unlimited)",
+    )
+    nats_max_bytes: int = setting(
+        0, nonnegative_size, "Max size of a stream we create (0 = unlimited)", shown_default="0 (unlimited)"
+    )
+    nats_duplicate_window: float = setting(
+        120.0, positive_duration,
+        "JetStream de-duplication window of a stream we create (keep it above forward_timeout)",
+        shown_default="2m",
+    )
+    nats_queue_size: int = setting(
+        1000, int_range(1), "Messages queued towards NATS before QoS 1/2 reads pause and QoS 0 is dropped"
+    )
+    nats_max_pending: int = setting(
+        512, int_range(1, 65535), "JetStream publishes in flight (sent, ack not yet received)"
+    )
+    forward_timeout: float = setting(
+        10.0, positive_duration,
+        "Deadline for JetStream to store a QoS 1/2 message; then v5 gets a failure ack, 3.1.1 is disconnected",
+        shown_default="10s",
+    )
+    nats_startup_timeout: float = setting(
+        5.0, positive_duration,
+        "How long start-up waits for NATS before starting degraded (not ready, reconnecting)",
+        shown_default="5s",
+    )
+    nats_user: str | None = setting(None, parse_optional_str, "NATS user name", shown_default="none")
+    nats_password: str | None = setting(
+        None, parse_optional_str, "NATS password (secret)", secret=True, shown_default="none"
+    )
+    nats_token: str | None = setting(
+        None, parse_optional_str, "NATS authentication token (secret)", secret=True, shown_default="none"
+    )
+    nats_creds: str | None = setting(
+        None, parse_optional_str, "Path of a NATS .creds file (JWT + NKey seed)", shown_default="none"
+    )
+    nats_nkey_seed: str | None = setting(
+        None, parse_optional_str, "Path of a file holding an NKey seed", shown_default="none"
+    )
+    nats_tls_ca: str | None = setting(
+        None, parse_optional_str, "CA bundle (PEM path) to verify the NATS server", shown_default="none"
+    )
+    nats_tls_cert: str | None = setting(
+        None, parse_optional_str, "Client certificate (PEM path) for NATS mutual TLS", shown_default="none"
+    )
+    nats_tls_key: str | None = setting(
+        None, parse_optional_str, "Client key (PEM path) for NATS mutual TLS", shown_default="none"
+    )
 
     def public_dict(self) -> dict[str, str]:
         """Settings with secrets masked, for the start-up log event."""
@@ -350,8 +511,9 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Config:
     """
     known = {env_name(f.name) for f in settings()}
     for name in environ:
-        # MQTTGATE_TEST_* configure the test suite, not the daemon.
-        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith("MQTTGATE_TEST_"):
+        # MQTTGATE_TEST_* configure the test suite, not the daemon; Kubernetes
+        # injects MQTTGATE_SERVICE_* / MQTTGATE_PORT* for a Service named mqttgate.
+        if name.startswith(ENV_PREFIX) and name not in known and not _FOREIGN_VARIABLE.match(name):
             raise ConfigError(name, "unknown setting (see mqttgate serve --help)")
     values: dict[str, Any] = {}
     for field in settings():

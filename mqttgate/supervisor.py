@@ -33,8 +33,8 @@ import attrs
 import trio
 import trio_asyncio
 
-from mqttgate.auth import AnonymousAuth, Authenticator, DenyAll
-from mqttgate.config import Config
+from mqttgate.auth import AnonymousAuth, Authenticator
+from mqttgate.config import Config, ConfigError
 from mqttgate.forward import Forwarder, NullForwarder
 from mqttgate.logs import get_logger
 
@@ -82,8 +82,16 @@ async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
     services: dict[str, Any] = {"store": None}
     async with contextlib.AsyncExitStack() as stack:
         # --- store (PostgreSQL) ---
+        if config.database_url:
+            from mqttgate.store import Store
+
+            services["store"] = await stack.enter_async_context(Store.open(config))
+        elif not config.allow_anonymous:
+            raise ConfigError(
+                "MQTTGATE_DATABASE_URL",
+                "required (the device registry) unless MQTTGATE_ALLOW_ANONYMOUS=true",
+            )
         # --- end store ---
-        del stack  # used by the store and forwarder sections as they land
         authenticator: Authenticator
         if config.allow_anonymous:
             log.warning(
@@ -93,12 +101,18 @@ async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
             authenticator = AnonymousAuth()
         else:
             # --- device authentication ---
-            authenticator = DenyAll()
+            from mqttgate.credentials import DeviceAuth
+
+            device_auth = DeviceAuth(services["store"], config)
+            await device_auth.start()
+            authenticator = device_auth
             # --- end device authentication ---
         forwarder: Forwarder = NullForwarder()
         if config.forward:
             # --- forwarder (NATS JetStream) ---
-            pass
+            from mqttgate.forwarder import open_forwarder
+
+            forwarder = await stack.enter_async_context(open_forwarder(config))
             # --- end forwarder ---
         else:
             log.warning("forwarding_disabled", detail="device messages are not sent to NATS")
@@ -133,18 +147,25 @@ async def run(
                 root.start_soon(arm_deadline)
                 if install_signal_handlers:
                     root.start_soon(watch_signals, shutdown)
-                async with _open_services(config) as services:
-                    broker = Broker(config, services["authenticator"], services["forwarder"])
-                    async with trio.open_nursery() as front:
-                        mqtt = await front.start(broker.serve, shutdown)
-                        app = create_app(config, broker=broker, **services)
-                        http = await front.start(
-                            serve_http, app, config.http_listen, shutdown
-                        )
-                        endpoints = Endpoints(mqtt=mqtt, http=http)
-                        log.info("ready", mqtt=mqtt, http=http)
-                        task_status.started(endpoints)
-                    log.info("front_stopped")
+                async with contextlib.AsyncExitStack() as embedded:
+                    if config.embedded:
+                        # Private NATS and PostgreSQL as child processes; they
+                        # stop after the services below have closed.
+                        from mqttgate.embedded import open_embedded
+
+                        config = await embedded.enter_async_context(open_embedded(config))
+                    async with _open_services(config) as services:
+                        broker = Broker(config, services["authenticator"], services["forwarder"])
+                        async with trio.open_nursery() as front:
+                            mqtt = await front.start(broker.serve, shutdown)
+                            app = create_app(config, broker=broker, **services)
+                            http = await front.start(
+                                serve_http, app, config.http_listen, shutdown
+                            )
+                            endpoints = Endpoints(mqtt=mqtt, http=http)
+                            log.info("ready", mqtt=mqtt, http=http)
+                            task_status.started(endpoints)
+                        log.info("front_stopped")
                 root.cancel_scope.cancel()
     if deadline_scope.cancelled_caught:
         log.warning("shutdown_deadline_exceeded", timeout_s=config.shutdown_timeout)

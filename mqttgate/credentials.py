@@ -1,0 +1,337 @@
+"""Device authentication: argon2id, a verified-credential cache, throttling.
+
+Theory of operation
+-------------------
+``DeviceAuth.authenticate(username, password, client_id=, peer=)`` answers a
+CONNECT. In order:
+
+1. No user name or password -> BAD_USER_NAME_OR_PASSWORD (0x86 / rc 4).
+2. Fetch the credential row for the user name (one indexed query). PostgreSQL
+   down -> SERVER_UNAVAILABLE (0x88 / rc 3); already connected devices are not
+   affected, their ACL was compiled at CONNECT.
+3. Warm cache: if the cache holds (user -> HMAC(key, user, password), stored
+   hash) and both the MAC and the *current* stored hash match, the password is
+   right without argon2. Rotation, disable and delete change or remove the row,
+   so a stale entry can never admit anyone; the API also drops the entry.
+   A cache hit bypasses the failure throttle, so an attacker hammering a
+   device's user name cannot lock out the device once it has connected.
+4. Throttle: too many recent failures for this user name or this source
+   address -> CONNECTION_RATE_EXCEEDED (0x9F / rc 3) without verifying.
+5. Verify with argon2id in a worker thread behind a CapacityLimiter sized to
+   the cores. Concurrent CONNECTs with the same (user, password MAC) share one
+   verification (single-flight). When ``auth_max_pending`` verifications are
+   already queued or running, answer SERVER_BUSY (0x89 / rc 3) at once rather
+   than queue without bound. An unknown user name is verified against a dummy
+   hash of the same parameters, so it costs the same time as a wrong password
+   and both answer 0x86 (no user enumeration).
+6. Right password on a disabled device -> NOT_AUTHORIZED (0x87 / rc 5). (The
+   password is checked first so that a disabled answer does not reveal that a
+   user name exists to someone without its password.)
+
+Only successes are cached; failures only count towards the throttle.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import os
+import secrets
+from typing import NoReturn
+
+import argon2
+import attrs
+import trio
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from mqttgate.acl import AclPolicy, CompiledAcl
+from mqttgate.auth import AuthDenied, Identity
+from mqttgate.config import Config
+from mqttgate.logs import get_logger
+from mqttgate.protocol.reasons import ReasonCode
+from mqttgate.store import Credential, Store, StoreUnavailable
+
+log = get_logger("auth")
+
+#: Bytes of entropy in a generated password: 192 bits, above the 128 required.
+PASSWORD_BYTES = 24
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+class Hasher:
+    """argon2id hashing and verification off the event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self._hasher = argon2.PasswordHasher(
+            time_cost=config.argon2_time_cost,
+            memory_cost=config.argon2_memory_kib,
+            parallelism=config.argon2_parallelism,
+            hash_len=32,
+            salt_len=16,
+            type=argon2.Type.ID,
+        )
+        threads = config.argon2_threads or os.cpu_count() or 1
+        #: Each running computation holds argon2_memory_kib of RAM; this bounds it.
+        self.limiter = trio.CapacityLimiter(threads)
+        self.verifications = 0
+
+    async def hash(self, password: str) -> str:
+        return await trio.to_thread.run_sync(self._hasher.hash, password, limiter=self.limiter)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        self.verifications += 1
+        return await trio.to_thread.run_sync(
+            self._verify_sync, password_hash, password, limiter=self.limiter
+        )
+
+    def _verify_sync(self, password_hash: str, password: str) -> bool:
+        try:
+            return bool(self._hasher.verify(password_hash, password))
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return bool(self._hasher.check_needs_rehash(password_hash))
+
+
+@attrs.define
+class _Entry:
+    mac: bytes
+    password_hash: str
+    expires: float
+
+
+@attrs.define
+class _Flight:
+    done: trio.Event = attrs.Factory(trio.Event)
+    ok: bool = False
+    error: BaseException | None = None
+
+
+class VerifiedCache:
+    """user -> (HMAC of the password, stored hash, expiry); bounded LRU + TTL.
+
+    Never holds a password or a fast unsalted hash of one: the MAC key is random
+    per process and never leaves memory.
+    """
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._key = secrets.token_bytes(32)
+        self._size = size
+        self._ttl = ttl
+        self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def mac(self, user: str, password: bytes) -> bytes:
+        return hmac.new(self._key, user.encode() + b"\x00" + password, hashlib.sha256).digest()
+
+    def check(self, user: str, mac: bytes, password_hash: str) -> bool:
+        entry = self._entries.get(user)
+        if (
+            entry is None
+            or entry.expires <= trio.current_time()
+            or entry.password_hash != password_hash
+            or not hmac.compare_digest(entry.mac, mac)
+        ):
+            self.misses += 1
+            return False
+        self._entries.move_to_end(user)
+        self.hits += 1
+        return True
+
+    def remember(self, user: str, mac: bytes, password_hash: str) -> None:
+        if self._size <= 0:
+            return
+        self._entries[user] = _Entry(mac, password_hash, trio.current_time() + self._ttl)
+        self._entries.move_to_end(user)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, user: str) -> None:
+        self._entries.pop(user, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class FailureThrottle:
+    """Fixed-window failure counters per key (user name, source address)."""
+
+    #: Keys tracked at most; past it, expired windows are swept first.
+    MAX_KEYS = 100_000
+
+    def __init__(self, limit: int, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, key: str) -> bool:
+        started, count = self._counts.get(key, (0.0, 0))
+        if trio.current_time() - started >= self._window:
+            return False
+        return count >= self._limit
+
+    def failed(self, key: str) -> None:
+        now = trio.current_time()
+        started, count = self._counts.get(key, (now, 0))
+        if now - started >= self._window:
+            started, count = now, 0
+        self._counts[key] = (started, count + 1)
+        if len(self._counts) > self.MAX_KEYS:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, (s, _) in self._counts.items() if now - s >= self._window]:
+            del self._counts[key]
+        while len(self._counts) > self.MAX_KEYS:  # all fresh: drop the oldest inserted
+            del self._counts[next(iter(self._counts))]
+
+
+def _address_of(peer: str) -> str:
+    """'1.2.3.4:5678' or '[::1]:5678' -> the host part."""
+    host, sep, _port = peer.rpartition(":")
+    return host.strip("[]") if sep else peer
+
+
+class DeviceAuth:
+    """The registry-backed :class:`mqttgate.auth.Authenticator`."""
+
+    def __init__(self, store: Store, config: Config, hasher: Hasher | None = None) -> None:
+        self._store = store
+        self.hasher = hasher if hasher is not None else Hasher(config)
+        self.policy = AclPolicy.from_settings(config.acl_publish, config.acl_subscribe)
+        self.cache = VerifiedCache(config.auth_cache_size, config.auth_cache_ttl)
+        self._max_pending = config.auth_max_pending
+        self._pending = 0
+        self._flights: dict[tuple[str, bytes], _Flight] = {}
+        self._by_user = FailureThrottle(config.auth_fail_limit_user, config.auth_fail_window)
+        self._by_address = FailureThrottle(config.auth_fail_limit_address, config.auth_fail_window)
+        self._dummy_hash: str | None = None
+        #: Single-flight joins (a connect that reused another's verification).
+        self.shared_verifications = 0
+
+    @property
+    def pending(self) -> int:
+        """Verifications queued or running now (bounded by auth_max_pending)."""
+        return self._pending
+
+    async def start(self) -> None:
+        """Make the dummy hash that unknown user names are verified against."""
+        self._dummy_hash = await self.hasher.hash(new_password())
+
+    # ------------------------------------------------------------ Authenticator
+
+    async def authenticate(
+        self, username: str | None, password: bytes | None, *, client_id: str, peer: str
+    ) -> Identity:
+        if not username or password is None:
+            self._deny("no_credentials", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
+        assert username is not None and password is not None
+        try:
+            credential = await self._store.get_credential(username)
+        except StoreUnavailable:
+            self._deny("store_unavailable", ReasonCode.SERVER_UNAVAILABLE, username, peer)
+        mac = self.cache.mac(username, password)
+        if credential is not None and self.cache.check(username, mac, credential.password_hash):
+            return self._admit(credential, username, peer)
+        address = _address_of(peer)
+        if self._by_user.blocked(username) or self._by_address.blocked(address):
+            log.warning("auth_throttled", mqtt_user=username, peer=peer, client_id=client_id)
+            self._deny("throttled", ReasonCode.CONNECTION_RATE_EXCEEDED, username, peer)
+        ok = await self._verify_once(username, mac, password, credential)
+        if not ok:
+            self._by_user.failed(username)
+            self._by_address.failed(address)
+            reason = "unknown_user" if credential is None else "bad_password"
+            self._deny(reason, ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
+        assert credential is not None
+        self.cache.remember(username, mac, credential.password_hash)
+        return self._admit(credential, username, peer)
+
+    def acl_for(self, identity: Identity) -> CompiledAcl:
+        return self.policy.compile(identity)
+
+    def invalidate(self, mqtt_user: str) -> None:
+        """Forget a cached verification (the API calls this on rotate/disable/delete)."""
+        self.cache.invalidate(mqtt_user)
+
+    # ------------------------------------------------------------ internals
+
+    def _admit(self, credential: Credential, username: str, peer: str) -> Identity:
+        if credential.disabled:
+            self._deny("disabled", ReasonCode.NOT_AUTHORIZED, username, peer)
+        return Identity(
+            device_id=credential.device_id,
+            mqtt_user=credential.mqtt_user,
+            device_type=credential.device_type,
+        )
+
+    def _deny(self, why: str, reason: ReasonCode, username: str | None, peer: str) -> NoReturn:
+        log.info("connect_denied", why=why, reason=reason.name, mqtt_user=username, peer=peer)
+        raise AuthDenied(reason, why)
+
+    async def _verify_once(
+        self, username: str, mac: bytes, password: bytes, credential: Credential | None
+    ) -> bool:
+        key = (username, mac)
+        flight = self._flights.get(key)
+        if flight is not None:
+            # Same user and same password already being verified: share it.
+            self.shared_verifications += 1
+            await flight.done.wait()
+            if flight.error is not None:
+                raise AuthDenied(ReasonCode.SERVER_BUSY, "shared verification failed")
+            return flight.ok
+        if self._pending >= self._max_pending:
+            log.warning("auth_overloaded", pending=self._pending, mqtt_user=username)
+            raise AuthDenied(ReasonCode.SERVER_BUSY, "verification queue full")
+        flight = self._flights[key] = _Flight()
+        self._pending += 1
+        try:
+            if credential is None:
+                # Same cost as a wrong password: no user enumeration by timing.
+                await self.hasher.verify(self._dummy_or_fail(), password.decode("utf-8", "replace"))
+                flight.ok = False
+            else:
+                flight.ok = await self._verify_and_upgrade(credential, password)
+            return flight.ok
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            self._pending -= 1
+            del self._flights[key]
+            flight.done.set()
+
+    def _dummy_or_fail(self) -> str:
+        if self._dummy_hash is None:
+            raise RuntimeError("DeviceAuth.start() was not awaited")
+        return self._dummy_hash
+
+    async def _verify_and_upgrade(self, credential: Credential, password: bytes) -> bool:
+        try:
+            text = password.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            # Generated passwords are ASCII; still spend the time of a verify.
+            await self.hasher.verify(self._dummy_or_fail(), "")
+            return False
+        ok = await self.hasher.verify(credential.password_hash, text)
+        if ok and self.hasher.needs_rehash(credential.password_hash):
+            # Parameters changed since this hash was made: upgrade it now that
+            # the clear password is at hand (compare-and-set on the old hash).
+            new_hash = await self.hasher.hash(text)
+            try:
+                if await self._store.replace_password_hash(
+                    credential.mqtt_user, credential.password_hash, new_hash
+                ):
+                    log.info("password_rehashed", device_id=credential.device_id)
+            except StoreUnavailable:
+                pass
+        return ok

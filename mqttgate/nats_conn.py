@@ -1,0 +1,254 @@
+"""NATS connection options and the JetStream stream check.
+
+The only module besides :mod:`mqttgate.forwarder` that knows nats-py. The
+functions prefixed ``aio_`` are asyncio coroutines: call them through
+``trio_asyncio.aio_as_trio`` inside the process's one ``open_loop()``.
+
+Stream policy (docs/nats.md, "The stream"): a missing stream is created with
+subjects ``<prefix>.>`` and the ``nats_*`` storage settings. An existing stream
+is used as it is (the operator may manage it): it must capture every subject
+we publish on, otherwise start-up fails with a :class:`ConfigError` naming
+``MQTTGATE_NATS_STREAM``; other differences (storage, replicas, limits, a
+duplicate window shorter than ``forward_timeout``) are logged as
+``stream_config_differs`` and tolerated.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamConfig
+
+from mqttgate.config import Config, ConfigError
+
+#: nats-py waits this long between attempts on the same server (nats-py 2.16
+#: has a fixed wait, no exponential backoff and no jitter option).
+RECONNECT_WAIT_S = 1.0
+#: A server that stops answering PINGs (paused, partitioned) is dropped after
+#: about PING_INTERVAL_S * MAX_OUTSTANDING_PINGS, then reconnected.
+PING_INTERVAL_S = 5.0
+MAX_OUTSTANDING_PINGS = 3
+CONNECT_TIMEOUT_S = 2.0
+#: nats-py's outgoing buffer. While it is full, publishing waits (backpressure);
+#: while disconnected, publishing into it raises and we retry later.
+PENDING_BYTES = 8 * 1024 * 1024
+
+FLUSH_TIMEOUT_S = 5.0
+
+#: Errors a NATS call may raise that mean "not now": retry, never crash.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    OSError,
+    TimeoutError,
+)
+
+
+class FastClient(Client):
+    """nats-py's client with a fast path for the forwarder's hot loop.
+
+    * :meth:`send_commands` queues pre-encoded ``PUB``/``HPUB`` commands
+      (built once per message by :func:`pub_command`, reused for retries)
+      instead of re-validating and re-encoding headers on every publish;
+    * messages on the ack subscription (``ack_sid``) go straight to
+      ``on_ack(subject, data, headers)`` without nats-py's per-message
+      ``Msg`` object, queue and task.
+
+    Both lean on nats-py 2.16 internals (``_send_command``, ``_flush_pending``,
+    ``_process_msg``); nats-py is pinned, and the forwarder tests cover them.
+    """
+
+    ack_sid: int = -1
+    on_ack: Callable[[bytes, bytes, bytes | None], None] | None = None
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        if sid == self.ack_sid and self.on_ack is not None:
+            self.on_ack(subject, data, headers)
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+    async def send_commands(self, commands: list[bytes]) -> int:
+        """Queue commands while connected and flush; returns how many were queued."""
+        queued = 0
+        for command in commands:
+            if not self.is_connected:
+                break
+            await self._send_command(command)
+            queued += 1
+        # Kick the flusher only when it has nothing queued (as nats-py's
+        # publish does): the queue is bounded and a stalled server must not
+        # make every hop wait for a place in it.
+        if queued and self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+        return queued
+
+
+def pub_command(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
+    """The wire form of a publish with headers (NATS ``HPUB``).
+
+    Header names and values must already be safe (``mqttgate.headers`` makes
+    them so): no CR/LF, no leading or trailing whitespace.
+    """
+    block = ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
+    size = len(block)
+    if reply:
+        line = f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n"
+    else:
+        line = f"HPUB {subject} {size} {size + len(payload)}\r\n"
+    return b"".join((line.encode(), block, payload, b"\r\n"))
+
+
+def servers(config: Config) -> list[str]:
+    return [url.strip() for url in config.nats_url.split(",") if url.strip()]
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A client TLS context when any TLS option is set (a ``tls://`` URL alone
+    makes nats-py use the system CAs)."""
+    if not (config.nats_tls_ca or config.nats_tls_cert or config.nats_tls_key):
+        return None
+    if bool(config.nats_tls_cert) != bool(config.nats_tls_key):
+        raise ConfigError("MQTTGATE_NATS_TLS_CERT", "set both the certificate and the key, or neither")
+    try:
+        context = ssl.create_default_context(cafile=config.nats_tls_ca)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError("MQTTGATE_NATS_TLS_CA", f"cannot load the CA bundle: {error}") from None
+    if config.nats_tls_cert and config.nats_tls_key:
+        try:
+            context.load_cert_chain(config.nats_tls_cert, config.nats_tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError("MQTTGATE_NATS_TLS_CERT", f"cannot load the client certificate: {error}") from None
+    return context
+
+
+def connect_options(config: Config) -> dict[str, Any]:
+    """Keyword arguments of ``nats.aio.client.Client.connect`` (without callbacks).
+
+    Reconnects forever (``max_reconnect_attempts=-1``), including the very
+    first connection, which therefore only returns once a server answered.
+    """
+    options: dict[str, Any] = {
+        "servers": servers(config),
+        "name": "mqttgate",
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": RECONNECT_WAIT_S,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        "pending_size": PENDING_BYTES,
+        # A full outgoing buffer makes a publish wait for the flusher; bound
+        # that wait (nats-py's default waits forever, and a flusher cancelled
+        # by a reconnect would never answer).
+        "flush_timeout": FLUSH_TIMEOUT_S,
+        "verbose": False,
+    }
+    if config.nats_user is not None:
+        options["user"] = config.nats_user
+        options["password"] = config.nats_password or ""
+    if config.nats_token is not None:
+        options["token"] = config.nats_token
+    if config.nats_creds is not None:
+        options["user_credentials"] = config.nats_creds
+    if config.nats_nkey_seed is not None:
+        options["nkeys_seed"] = config.nats_nkey_seed
+    context = tls_context(config)
+    if context is not None:
+        options["tls"] = context
+    return options
+
+
+# ---------------------------------------------------------------- the stream
+
+
+def wanted_stream(config: Config) -> StreamConfig:
+    return StreamConfig(
+        name=config.nats_stream,
+        subjects=[f"{config.nats_subject_prefix}.>"],
+        storage=StorageType.MEMORY if config.nats_storage == "memory" else StorageType.FILE,
+        num_replicas=config.nats_replicas,
+        # nats-py takes seconds and sends nanoseconds; 0 / -1 mean unlimited.
+        max_age=config.nats_max_age,
+        max_bytes=config.nats_max_bytes if config.nats_max_bytes > 0 else -1,
+        duplicate_window=config.nats_duplicate_window,
+    )
+
+
+def filter_covers(subject_filter: str, prefix: str) -> bool:
+    """Does a stream subject filter capture every ``<prefix>.<device>.<topic...>``?
+
+    Our subjects have the prefix tokens, then the device token, then at least
+    one topic token; a filter captures them all when it reaches a ``>`` no
+    later than the first topic token, matching the prefix tokens (literally
+    or by ``*``) and the device token by ``*`` on the way.
+    """
+    wanted = prefix.split(".")
+    for index, token in enumerate(subject_filter.split(".")):
+        if token == ">":
+            return index <= len(wanted) + 1
+        if index < len(wanted):
+            if token not in ("*", wanted[index]):
+                return False
+        elif token != "*":
+            return False
+    return False
+
+
+def stream_differences(existing: StreamConfig, config: Config) -> list[str]:
+    """Tolerated differences of an existing stream (logged, not fatal)."""
+    wanted = wanted_stream(config)
+    notes: list[str] = []
+    if existing.storage != wanted.storage:
+        notes.append(f"storage is {existing.storage}, MQTTGATE_NATS_STORAGE asks {wanted.storage}")
+    if (existing.num_replicas or 1) != wanted.num_replicas:
+        notes.append(f"replicas {existing.num_replicas}, MQTTGATE_NATS_REPLICAS asks {wanted.num_replicas}")
+    window = existing.duplicate_window or 0.0
+    if window < config.forward_timeout:
+        notes.append(
+            f"duplicate window {window:g}s is shorter than MQTTGATE_FORWARD_TIMEOUT "
+            f"{config.forward_timeout:g}s: a retried message may be stored twice"
+        )
+    return notes
+
+
+def check_stream(existing: StreamConfig, config: Config) -> list[str]:
+    """Raise ConfigError when the existing stream cannot hold our messages;
+    return the tolerated differences."""
+    subjects = list(existing.subjects or [])
+    if not any(filter_covers(s, config.nats_subject_prefix) for s in subjects):
+        raise ConfigError(
+            "MQTTGATE_NATS_STREAM",
+            f"stream {existing.name!r} exists with subjects {subjects}, which do not capture "
+            f"{config.nats_subject_prefix}.> (MQTTGATE_NATS_SUBJECT_PREFIX); use another stream "
+            f"name or prefix, or add the subject to the stream",
+        )
+    if existing.sealed:
+        raise ConfigError("MQTTGATE_NATS_STREAM", f"stream {existing.name!r} is sealed")
+    return stream_differences(existing, config)
+
+
+async def aio_ensure_stream(js: Any, config: Config) -> tuple[str, list[str]]:
+    """Create the stream or check it (asyncio). Returns ``("created"|"checked",
+    notes)``; raises ConfigError on a mismatch, a TRANSIENT_ERRORS member when
+    NATS or JetStream is not answering."""
+    try:
+        info = await js.stream_info(config.nats_stream)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(wanted_stream(config))
+        except (nats.js.errors.BadRequestError, nats.js.errors.ServerError) as error:
+            # e.g. 10065 "subjects overlap with an existing stream", 10074
+            # "replicas > 1 not supported in non-clustered mode", 10047
+            # "insufficient storage resources": retrying cannot help.
+            raise ConfigError(
+                "MQTTGATE_NATS_STREAM",
+                f"cannot create stream {config.nats_stream!r}: {error.description} (code {error.err_code})",
+            ) from None
+        return "created", []
+    return "checked", check_stream(info.config, config)

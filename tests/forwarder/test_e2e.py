@@ -1,0 +1,132 @@
+"""The daemon end to end: paho publishes, JetStream stores, consumers read.
+
+The daemon runs its own trio-asyncio loop; the test reads the stream with a
+plain asyncio nats-py client in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import trio
+
+from mqttgate import headers as h
+from tests.broker.paho_client import V5, V311, Paho
+from tests.conftest import JetStreamNames, StartDaemon, make_config, port_of
+from tests.forwarder.conftest import PrivateNats, Stored, _aio_read_stream
+
+
+async def stream_contents(url: str, stream: str) -> list[Stored]:
+    return await trio.to_thread.run_sync(lambda: asyncio.run(_aio_read_stream(url, stream, 5.0)))
+
+
+def daemon_config(js: JetStreamNames, **overrides: Any) -> Any:
+    settings: dict[str, Any] = {
+        "forward": True,
+        "nats_url": js.url,
+        "nats_stream": js.stream,
+        "nats_subject_prefix": js.prefix,
+        "nats_storage": "memory",
+    }
+    settings.update(overrides)
+    return make_config(**settings)
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+async def test_published_messages_reach_the_stream_with_identity_headers(
+    start_daemon: StartDaemon, jetstream: JetStreamNames, version: int
+) -> None:
+    port = port_of((await start_daemon(daemon_config(jetstream))).mqtt)
+    client = Paho(port, f"e2e-{version}", version)
+    props: dict[str, Any] | None = None
+    if version == V5:
+        props = {
+            "ContentType": "text/plain",
+            "ResponseTopic": "replies/1",
+            "CorrelationData": b"\x01\x02",
+            "PayloadFormatIndicator": 1,
+            "UserProperty": [("site", "lab"), ("site", "roof"), ("\u00fcber", "v\u00e4l")],
+        }
+    with trio.fail_after(20):
+        await trio.to_thread.run_sync(client.connect)
+        try:
+            # QoS 1: paho returns once PUBACK arrived; then the message is stored.
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/a.b/temp", b"\x00 21.5", 1, True, props))
+            stored = await stream_contents(jetstream.url, jetstream.stream)
+            assert len(stored) == 1
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/x", b"q0", 0))
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/y", b"q2", 2))
+        finally:
+            await trio.to_thread.run_sync(client.stop)
+        while len(stored) < 3:
+            stored = await stream_contents(jetstream.url, jetstream.stream)
+    first = stored[0]
+    assert first.subject == f"{jetstream.prefix}._anon.sensors.a//b.temp"
+    assert first.data == b"\x00 21.5"
+    assert first.headers["Mqtt-Topic"] == "sensors/a.b/temp"
+    assert first.headers["Mqtt-Client-Id"] == f"e2e-{version}"
+    assert first.headers["Mqtt-Qos"] == "1"
+    assert first.headers["Mqtt-Retain"] == "true"
+    assert first.headers["Nats-Msg-Id"]
+    if version == V5:
+        assert first.headers["Mqtt-Content-Type"] == "text/plain"
+        assert first.headers["Mqtt-Response-Topic"] == "replies/1"
+        assert h.read_binary(first.headers, h.CORRELATION_DATA) == b"\x01\x02"
+        assert first.headers["Mqtt-Payload-Format"] == "1"
+        assert h.read_user_properties(first.headers) == [("site", "lab"), ("site", "roof"), ("\u00fcber", "v\u00e4l")]
+    else:
+        assert not any(k.startswith(("Mqtt-Content", "Mqtt-User-Prop", "Mqtt-Correlation")) for k in first.headers)
+    by_topic = {s.headers["Mqtt-Topic"]: s for s in stored}
+    assert by_topic["sensors/x"].headers["Mqtt-Qos"] == "0"
+    assert "Nats-Msg-Id" not in by_topic["sensors/x"].headers
+    assert by_topic["sensors/y"].headers["Mqtt-Qos"] == "2"
+    assert by_topic["sensors/y"].data == b"q2"
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+async def test_puback_is_withheld_while_nats_is_paused(
+    start_daemon: StartDaemon, private_nats: PrivateNats, version: int
+) -> None:
+    names = JetStreamNames(url=private_nats.url, stream="E2EPAUSE", prefix="ep")
+    port = port_of((await start_daemon(daemon_config(names, forward_timeout=60.0))).mqtt)
+    client = Paho(port, "pauser", version)
+    with trio.fail_after(30):
+        await trio.to_thread.run_sync(client.connect)
+        try:
+            private_nats.pause()
+            info = client.client.publish("t/1", b"held", 1)
+            # No PUBACK while JetStream cannot store the message.
+            await trio.to_thread.run_sync(lambda: info.wait_for_publish(1.5))
+            assert not info.is_published()
+            private_nats.resume()
+            await trio.to_thread.run_sync(lambda: info.wait_for_publish(15))
+            assert info.is_published()
+            stored = await stream_contents(private_nats.url, "E2EPAUSE")
+        finally:
+            private_nats.resume()
+            await trio.to_thread.run_sync(client.stop)
+    assert [s.data for s in stored] == [b"held"]
+
+
+async def test_v5_gets_a_failure_puback_and_v311_is_disconnected_after_the_deadline(
+    start_daemon: StartDaemon, private_nats: PrivateNats
+) -> None:
+    names = JetStreamNames(url=private_nats.url, stream="E2EDOWN", prefix="ed")
+    port = port_of((await start_daemon(daemon_config(names, forward_timeout=1.0))).mqtt)
+    v5 = Paho(port, "v5-down", V5)
+    v311 = Paho(port, "v311-down", V311)
+    with trio.fail_after(30):
+        await trio.to_thread.run_sync(v5.connect)
+        await trio.to_thread.run_sync(v311.connect)
+        try:
+            await private_nats.stop()
+            v5.client.publish("t/5", b"x", 1)
+            puback = await trio.to_thread.run_sync(lambda: v5.wait("puback", 10))
+            assert puback[2] >= 0x80  # v5 3.4.2.1: a failure reason code (0x80 unspecified)
+            v311.client.publish("t/3", b"x", 1)
+            await trio.to_thread.run_sync(lambda: v311.wait("disconnect", 10))
+        finally:
+            await trio.to_thread.run_sync(v5.stop)
+            await trio.to_thread.run_sync(v311.stop)
