@@ -45,10 +45,14 @@ class AuthDenied(Exception):
     SERVER_UNAVAILABLE (0x88 / rc 3), SERVER_BUSY (0x89 / rc 3).
     """
 
-    def __init__(self, reason: ReasonCode, detail: str) -> None:
+    def __init__(self, reason: ReasonCode, detail: str, *, why: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
+        #: Sent to v5 clients as the Reason String: never says whether the
+        #: user exists (no user enumeration).
         self.detail = detail
+        #: The precise cause for the log (``unknown_user``, ``bad_password``...).
+        self.why = why or detail
 
 
 class Acl(Protocol):

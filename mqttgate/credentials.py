@@ -192,6 +192,15 @@ class FailureThrottle:
             del self._counts[next(iter(self._counts))]
 
 
+_PUBLIC_DETAIL = {
+    ReasonCode.BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
+    ReasonCode.SERVER_UNAVAILABLE: "device registry unavailable",
+    ReasonCode.CONNECTION_RATE_EXCEEDED: "too many failed attempts, try later",
+    ReasonCode.NOT_AUTHORIZED: "not authorized",
+    ReasonCode.SERVER_BUSY: "server busy",
+}
+
+
 def _address_of(peer: str) -> str:
     """'1.2.3.4:5678' or '[::1]:5678' -> the host part."""
     host, sep, _port = peer.rpartition(":")
@@ -272,8 +281,9 @@ class DeviceAuth:
         )
 
     def _deny(self, why: str, reason: ReasonCode, username: str | None, peer: str) -> NoReturn:
-        log.info("connect_denied", why=why, reason=reason.name, mqtt_user=username, peer=peer)
-        raise AuthDenied(reason, why)
+        # The broker logs the denial (connect_denied, with mqtt_user and why);
+        # the client only learns the generic reason (no user enumeration).
+        raise AuthDenied(reason, _PUBLIC_DETAIL.get(reason, "not authorized"), why=why)
 
     async def _verify_once(
         self, username: str, mac: bytes, password: bytes, credential: Credential | None

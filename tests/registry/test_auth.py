@@ -272,3 +272,19 @@ async def test_unreachable_port_store_cannot_open(aio_loop: None) -> None:
     with pytest.raises(StoreUnavailable):
         async with Store.open(config):
             pass
+
+
+async def test_the_client_cannot_tell_unknown_user_from_wrong_password(
+    store: Store, database_url: str
+) -> None:
+    # v5 clients see AuthDenied.detail as the CONNACK Reason String; only the
+    # log (AuthDenied.why) may say which it was.
+    auth = await make_auth(store, database_url)
+    _, user, _password = await provision(store, auth.hasher)
+    denials = []
+    for username, password in ((user, b"wrong"), ("dev_nobody", b"whatever")):
+        with pytest.raises(AuthDenied) as caught:
+            await auth.authenticate(username, password, client_id="c", peer="127.0.0.1:1")
+        denials.append(caught.value)
+    assert denials[0].detail == denials[1].detail == "bad user name or password"
+    assert [d.why for d in denials] == ["bad_password", "unknown_user"]
