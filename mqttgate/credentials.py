@@ -6,13 +6,21 @@ Theory of operation
 CONNECT. In order:
 
 1. No user name or password -> BAD_USER_NAME_OR_PASSWORD (0x86 / rc 4).
-2. Fetch the credential row for the user name (one indexed query). PostgreSQL
-   down -> SERVER_UNAVAILABLE (0x88 / rc 3); already connected devices are not
-   affected, their ACL was compiled at CONNECT.
-3. Warm cache: if the cache holds (user -> HMAC(key, user, password), stored
-   hash) and both the MAC and the *current* stored hash match, the password is
-   right without argon2. Rotation, disable and delete change or remove the row,
-   so a stale entry can never admit anyone; the API also drops the entry.
+2. Warm cache, change feed live: the cache maps user -> (HMAC(key, user,
+   password), the credential row as read when the password was verified). If
+   the store's credential listener is live (``Store.credentials_watched``) and
+   the entry's MAC matches, the CONNECT is answered from the cached row with no
+   database round trip at all. This is safe because every committed change to
+   a device row is NOTIFYed to every replica, which drops the entry
+   (``credential_changed``), and the whole cache is cleared whenever the
+   listener becomes live or stops being live (``credentials_reset``): a missed
+   notification can never leave a stale grant behind. In this process the API
+   also calls ``invalidate`` right after its commit.
+3. Otherwise fetch the credential row (one indexed query). PostgreSQL down ->
+   SERVER_UNAVAILABLE (0x88 / rc 3); already connected devices are not
+   affected, their ACL was compiled at CONNECT. A cache entry whose stored
+   hash equals the current one (and whose MAC matches) is a hit without
+   argon2: the fallback when the listener is not live.
    A cache hit bypasses the failure throttle, so an attacker hammering a
    device's user name cannot lock out the device once it has connected.
 4. Throttle: too many recent failures for this user name or this source
@@ -27,6 +35,14 @@ CONNECT. In order:
 6. Right password on a disabled device -> NOT_AUTHORIZED (0x87 / rc 5). (The
    password is checked first so that a disabled answer does not reveal that a
    user name exists to someone without its password.)
+
+The race that step 2 must not lose: a row is read at t0, another replica
+rotates it and its NOTIFY arrives at t1, the argon2 verification of the old
+row ends at t2 > t1. The NOTIFY found nothing to drop, so caching the old row
+at t2 would be a stale grant. Each authenticate therefore holds a *ticket*
+from before its fetch until it caches: a notification (or a local
+``invalidate``) for that user marks the user's open tickets stale, a reset
+changes the store epoch, and a stale ticket caches nothing.
 
 Only successes are cached; failures only count towards the throttle.
 """
@@ -101,7 +117,7 @@ class Hasher:
 @attrs.define
 class _Entry:
     mac: bytes
-    password_hash: str
+    credential: Credential
     expires: float
 
 
@@ -112,11 +128,20 @@ class _Flight:
     error: BaseException | None = None
 
 
+@attrs.define(eq=False)
+class _Ticket:
+    """One authenticate between its row fetch and its cache write."""
+
+    epoch: int
+    stale: bool = False
+
+
 class VerifiedCache:
-    """user -> (HMAC of the password, stored hash, expiry); bounded LRU + TTL.
+    """user -> (HMAC of the password, credential row, expiry); bounded LRU + TTL.
 
     Never holds a password or a fast unsalted hash of one: the MAC key is random
-    per process and never leaves memory.
+    per process and never leaves memory. The expiry counts from the
+    verification and is never extended by hits.
     """
 
     def __init__(self, size: int, ttl: float) -> None:
@@ -130,30 +155,42 @@ class VerifiedCache:
     def mac(self, user: str, password: bytes) -> bytes:
         return hmac.new(self._key, user.encode() + b"\x00" + password, hashlib.sha256).digest()
 
-    def check(self, user: str, mac: bytes, password_hash: str) -> bool:
+    def lookup(self, user: str, mac: bytes) -> Credential | None:
+        """The credential verified with this password, if unexpired."""
         entry = self._entries.get(user)
-        if (
-            entry is None
-            or entry.expires <= trio.current_time()
-            or entry.password_hash != password_hash
-            or not hmac.compare_digest(entry.mac, mac)
-        ):
+        if entry is None or not hmac.compare_digest(entry.mac, mac):
+            return None
+        if entry.expires <= trio.current_time():
+            del self._entries[user]
+            return None
+        self._entries.move_to_end(user)
+        return entry.credential
+
+    def check(self, user: str, mac: bytes, password_hash: str) -> bool:
+        """A hit against a freshly read stored hash (the no-listener path)."""
+        credential = self.lookup(user, mac)
+        if credential is None or credential.password_hash != password_hash:
             self.misses += 1
             return False
-        self._entries.move_to_end(user)
         self.hits += 1
         return True
 
-    def remember(self, user: str, mac: bytes, password_hash: str) -> None:
+    def remember(self, user: str, mac: bytes, credential: Credential) -> None:
         if self._size <= 0:
             return
-        self._entries[user] = _Entry(mac, password_hash, trio.current_time() + self._ttl)
+        self._entries[user] = _Entry(mac, credential, trio.current_time() + self._ttl)
         self._entries.move_to_end(user)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
     def invalidate(self, user: str) -> None:
         self._entries.pop(user, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __contains__(self, user: str) -> bool:
+        return user in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -223,6 +260,12 @@ class DeviceAuth:
         self._dummy_hash: str | None = None
         #: Single-flight joins (a connect that reused another's verification).
         self.shared_verifications = 0
+        #: Cache hits answered with no database round trip (listener live).
+        self.unqueried_hits = 0
+        #: Cache clears because the credential listener went live or was lost.
+        self.cache_resets = 0
+        self._tickets: dict[str, list[_Ticket]] = {}
+        store.watch_credentials(self)
 
     @property
     def pending(self) -> int:
@@ -241,11 +284,32 @@ class DeviceAuth:
         if not username or password is None:
             self._deny("no_credentials", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
         assert username is not None and password is not None
+        mac = self.cache.mac(username, password)
+        if self._store.credentials_watched:
+            cached = self.cache.lookup(username, mac)
+            if cached is not None:
+                # Every change to this row since it was cached would have
+                # dropped the entry (NOTIFY), and a dead listener clears it all.
+                self.cache.hits += 1
+                self.unqueried_hits += 1
+                return self._admit(cached, username, peer)
+        ticket = _Ticket(self._store.credentials_epoch)
+        self._tickets.setdefault(username, []).append(ticket)
+        try:
+            return await self._authenticate_fetched(username, password, mac, ticket, client_id, peer)
+        finally:
+            tickets = self._tickets[username]
+            tickets.remove(ticket)
+            if not tickets:
+                del self._tickets[username]
+
+    async def _authenticate_fetched(
+        self, username: str, password: bytes, mac: bytes, ticket: _Ticket, client_id: str, peer: str
+    ) -> Identity:
         try:
             credential = await self._store.get_credential(username)
         except StoreUnavailable:
             self._deny("store_unavailable", ReasonCode.SERVER_UNAVAILABLE, username, peer)
-        mac = self.cache.mac(username, password)
         if credential is not None and self.cache.check(username, mac, credential.password_hash):
             return self._admit(credential, username, peer)
         address = _address_of(peer)
@@ -259,15 +323,31 @@ class DeviceAuth:
             reason = "unknown_user" if credential is None else "bad_password"
             self._deny(reason, ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
         assert credential is not None
-        self.cache.remember(username, mac, credential.password_hash)
+        if not ticket.stale and ticket.epoch == self._store.credentials_epoch:
+            self.cache.remember(username, mac, credential)
         return self._admit(credential, username, peer)
 
     def acl_for(self, identity: Identity) -> CompiledAcl:
         return self.policy.compile(identity)
 
     def invalidate(self, mqtt_user: str) -> None:
-        """Forget a cached verification (the API calls this on rotate/disable/delete)."""
+        """Forget a cached verification (the API calls this on rotate/disable/delete,
+        the store's listener on every NOTIFY). Synchronous: no await between the
+        notification and the entry being gone."""
         self.cache.invalidate(mqtt_user)
+        for ticket in self._tickets.get(mqtt_user, ()):
+            ticket.stale = True
+
+    # ------------------------------------------------------------ CredentialWatcher
+
+    def credential_changed(self, mqtt_user: str) -> None:
+        self.invalidate(mqtt_user)
+
+    def credentials_reset(self) -> None:
+        """The listener went live or was lost: nothing cached can be trusted
+        (open tickets are stale through the store epoch)."""
+        self.cache_resets += 1
+        self.cache.clear()
 
     # ------------------------------------------------------------ internals
 

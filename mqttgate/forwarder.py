@@ -181,7 +181,6 @@ class JetStreamForwarder:
         # so messages submitted while NATS is still down carry the right reply.
         self._inbox = "_INBOX." + secrets.token_hex(11)
         self._epoch = 0
-        self._connected = trio.Event()
         self._connected_flag = False
         self._closing = False
         self._idle = trio.Event()
@@ -239,7 +238,8 @@ class JetStreamForwarder:
         except SubjectError as error:
             self._refused(message, error)
             return _RefusedTicket(error)
-        self._outstanding[entry.key] = entry
+        if entry.qos:
+            self._outstanding[entry.key] = entry
         try:
             try:
                 # No checkpoint while there is room: a connection hands over a
@@ -248,7 +248,7 @@ class JetStreamForwarder:
             except trio.WouldBlock:
                 await self._send.send(entry)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            del self._outstanding[entry.key]
+            self._outstanding.pop(entry.key, None)
             return _ClosedTicket()
         return entry
 
@@ -378,6 +378,12 @@ class JetStreamForwarder:
         """Publish ``entries`` (one asyncio hop); settle QoS 0, stamp QoS 1/2."""
         nc = self._nc
         epoch = self._epoch
+        now = trio.current_time()
+        for entry in entries:
+            # Stamped before the hop, so the retry loop does not send again
+            # what this hop is still sending (a slow flush can take seconds).
+            entry.sent_at = now
+            entry.sent_epoch = epoch
         sent = 0
         try:
             sent = await aio_as_trio(nc.send_commands)([entry.command for entry in entries])
@@ -385,7 +391,6 @@ class JetStreamForwarder:
             # Usually OutboundBufferLimitError/ConnectionClosedError: the
             # connection dropped under us. QoS 1/2 are retried after the reconnect.
             self._rate_limited_error("publish", error)
-        now = trio.current_time()
         for index, entry in enumerate(entries):
             if entry.qos == 0:
                 if index < sent:
@@ -393,9 +398,8 @@ class JetStreamForwarder:
                     self._release(entry)
                 else:
                     self._drop_qos0(entry)
-            elif index < sent:
-                entry.sent_at = now
-                entry.sent_epoch = epoch
+            elif index >= sent and not entry.finished:
+                entry.sent_at = None  # not handed to NATS: the retry loop sends it
 
     def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
         """An ack (or error) from JetStream on ``<inbox>.<key>``; runs in the asyncio loop."""
@@ -472,10 +476,7 @@ class JetStreamForwarder:
         self._connected_flag = connected
         self.stats.connected = connected
         if connected:
-            self._connected.set()
-            self._retry_now.set()
-        elif self._connected.is_set():
-            self._connected = trio.Event()
+            self._retry_now.set()  # send what waited for the connection now
 
     async def _aio_disconnected(self) -> None:
         if self._connected_flag and not self._closing:

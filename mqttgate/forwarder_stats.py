@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Callable
 
@@ -30,11 +31,8 @@ class LatencyHistogram:
     recent: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=4096))
 
     def observe(self, seconds: float) -> None:
-        index = 0
-        bounds = self.bounds
-        while index < len(bounds) and seconds > bounds[index]:
-            index += 1
-        self.counts[index] += 1
+        # bisect_left: the first bound >= seconds, i.e. the "le" bucket.
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
         self.count += 1
         self.recent.append(seconds)
@@ -58,7 +56,8 @@ class ForwarderStats:
     refused_total: int = 0
     #: QoS 0 messages dropped: queue full or NATS disconnected.
     dropped_qos0_total: int = 0
-    #: Publishes sent again (no ack in time, reconnect, JetStream error).
+    #: Publishes sent again (no ack in time, reconnect, JetStream error, a
+    #: batch the connection did not take).
     retries_total: int = 0
     #: Acks flagged duplicate by JetStream (stored once, thanks to Nats-Msg-Id).
     duplicates_total: int = 0

@@ -51,15 +51,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class FastClient(Client):
     """nats-py's client with a fast path for the forwarder's hot loop.
 
-    * :meth:`send_commands` queues pre-encoded ``PUB``/``HPUB`` commands
-      (built once per message by :func:`pub_command`, reused for retries)
-      instead of re-validating and re-encoding headers on every publish;
+    * :meth:`send_commands` writes pre-encoded ``HPUB`` commands (built once
+      per message by :func:`pub_command`, reused for retries) to the socket
+      instead of re-validating and re-encoding headers on every publish and
+      waking the flusher task;
     * messages on the ack subscription (``ack_sid``) go straight to
       ``on_ack(subject, data, headers)`` without nats-py's per-message
       ``Msg`` object, queue and task.
 
-    Both lean on nats-py 2.16 internals (``_send_command``, ``_flush_pending``,
-    ``_process_msg``); nats-py is pinned, and the forwarder tests cover them.
+    Both lean on nats-py 2.16 internals (``_send_command``, ``_pending``,
+    ``_transport``, ``_process_msg``); nats-py is pinned, and the forwarder
+    tests cover them.
     """
 
     ack_sid: int = -1
@@ -81,11 +83,16 @@ class FastClient(Client):
                 break
             await self._send_command(command)
             queued += 1
-        # Kick the flusher only when it has nothing queued (as nats-py's
-        # publish does): the queue is bounded and a stalled server must not
-        # make every hop wait for a place in it.
-        if queued and self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+        if queued and self._pending_data_size and self._transport is not None:
+            # Write now rather than kick nats-py's flusher task: one less
+            # scheduling round per batch, which is latency on every QoS 1
+            # message. drain() waits while the socket buffer is above its
+            # high-water mark (the backpressure). The flusher finds nothing.
+            pending = self._pending
+            self._pending = []
+            self._pending_data_size = 0
+            self._transport.writelines(pending)
+            await self._transport.drain()
         return queued
 
 

@@ -135,6 +135,11 @@ async def run(
 
     shutdown = shutdown if shutdown is not None else trio.Event()
     log.info("starting", config=config.public_dict())
+    if config.mqtts_listen is not None:
+        # A bad certificate is a configuration error: fail before opening anything.
+        from mqttgate.tls import build_context
+
+        build_context(config.tls_cert_file, config.tls_key_file)
     async with trio_asyncio.open_loop():
         with trio.CancelScope() as deadline_scope:
             async with trio.open_nursery() as root:

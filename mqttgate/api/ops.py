@@ -37,7 +37,12 @@ from typing import Any
 import attrs
 import trio
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from quart import Quart, Response, request
 from quart_schema import hide
@@ -109,6 +114,19 @@ def _collectable(value: Any) -> bool:
     return callable(getattr(value, "collect", None)) and not isinstance(value, type)
 
 
+def _histogram(name: str, text: str, histogram: Any) -> Metric:
+    """A Prometheus histogram from per-bucket (non-cumulative) counts."""
+    family = HistogramMetricFamily(name, text)
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+        running += count
+        buckets.append((repr(float(bound)), float(running)))
+    buckets.append(("+Inf", float(histogram.count)))
+    family.add_metric([], buckets, sum_value=float(histogram.total))
+    return family
+
+
 class MqttgateCollector(Collector):
     """Reads broker, forwarder and authenticator counters at scrape time."""
 
@@ -127,6 +145,13 @@ class MqttgateCollector(Collector):
         fstats = getattr(forwarder, "stats", None)
         if fstats is not None:
             yield from _generic("forward", fstats, skip=())
+            latency = getattr(fstats, "ack_latency", None)
+            if latency is not None:
+                yield _histogram(
+                    PREFIX + "forward_ack_latency_seconds",
+                    "QoS 1/2 submit to JetStream ack latency",
+                    latency,
+                )
         authenticator = self._services.get("authenticator")
         if authenticator is not None:
             yield from self._auth(authenticator)

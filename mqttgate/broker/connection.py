@@ -2,17 +2,32 @@
 
 Theory of operation
 -------------------
-One task per connection reads: ``receive_some(65536)``, feed the decoder, then
-handle every complete packet before reading again. Every read has a deadline
-(CONNECT: ``connect_timeout``; then keep alive x 1.5, v5 [MQTT-3.1.2-22],
-v311 [MQTT-3.1.2-24]).
+One task per connection reads: up to 64 KiB per receive, feed the decoder,
+then handle every complete packet before reading again. Plain TCP connections
+are served on the bare socket (``sock``: non-blocking ``recv_into`` a buffer
+shared by all connections, ``wait_readable`` only when there is nothing to
+read); other streams (TLS, tests' memory streams) through ``receive_some``.
+The connection's one cancel scope carries the read deadline (CONNECT:
+``connect_timeout``; then keep alive x 1.5, v5 [MQTT-3.1.2-22], v311
+[MQTT-3.1.2-24]), moved forward as data arrives, and is what ``kick``
+cancels. An idle connection is one task, one cancel scope, a decoder and its
+session: no nursery, no per-read objects.
 
 Everything sent goes through :meth:`Connection.write`, which appends bytes to
-an outbox list. A writer task, started only while the outbox is non-empty,
-joins the whole outbox into one ``send_all``; an idle connection therefore
-has one task. QoS 1/2 acknowledgements whose forward is still pending go to an
-ack task (also started on demand) that awaits the tickets in order, so the
-read loop never waits for JetStream round trips one at a time.
+an outbox list and puts the connection on the broker's dirty list once. The
+read loop that caused the writes flushes the dirty list at the end of its
+batch (``Broker.flush``): each connection's outbox is joined and sent with one
+non-blocking ``send``; only when the socket cannot take it all does a writer
+task start, wait until writable and send the rest. Writes outside a read
+batch (timers, the ack task, closing) are flushed at once. So a read batch of many
+PUBLISHes costs one send per receiving connection, and no task switch at all
+when the sockets keep up. QoS 1/2 acknowledgements whose forward is still
+pending go to an ack task (started on demand) that awaits the tickets in
+order, so the read loop never waits for JetStream round trips one at a time.
+
+Overload: before handling a PUBLISH the read loop waits while another session
+is congested (``broker/delivery.py`` ``Overload``), so a publisher stops being
+read instead of having its messages dropped.
 
 The one place errors become bytes is :meth:`Connection._fail`: an
 :class:`MQTTError` before CONNACK is answered with a CONNACK (v5 reason, or
@@ -23,39 +38,33 @@ connections are just closed (v311 [MQTT-4.8.0-1]).
 from __future__ import annotations
 
 import collections
+import math
 import secrets
+import socket
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from mqttgate.auth import ANONYMOUS, Acl, AuthDenied, Identity
 from mqttgate.broker.delivery import SessionHandle
+from mqttgate.broker.handlers import HANDLERS
 from mqttgate.forward import DONE, ForwardFailed, ForwardMessage
 from mqttgate.logs import get_logger
 from mqttgate.protocol.codec import Decoder, encode
 from mqttgate.protocol.packets import (
     NO_PROPERTIES,
-    Auth,
     Connack,
     Connect,
     Disconnect,
-    Pingreq,
     Properties,
     Puback,
-    Pubcomp,
     Publish,
     Pubrec,
-    Pubrel,
-    RetainHandling,
-    Suback,
-    Subscribe,
-    Unsuback,
-    Unsubscribe,
     Will,
 )
 from mqttgate.protocol.reasons import (
-    GRANTED_QOS,
     MQTTError,
     ProtocolVersion,
     ReasonCode,
@@ -65,12 +74,11 @@ from mqttgate.protocol.session import (
     Limits,
     Message,
     Session,
-    SubOptions,
     connack_for,
     message_from_publish,
     negotiate,
 )
-from mqttgate.protocol.topics import parse_shared, validate_topic_filter, validate_topic_name
+from mqttgate.protocol.topics import validate_topic_name
 
 if TYPE_CHECKING:
     from mqttgate.broker.server import Broker
@@ -78,12 +86,11 @@ if TYPE_CHECKING:
 log = get_logger("broker")
 
 _V5 = ProtocolVersion.V5
-_PINGRESP = b"\xd0\x00"
-#: Longest a publisher is held back by one batch's congested subscribers (seconds).
-_PRESSURE_WAIT = 2.0
 _R = ReasonCode
-#: The reasons a client's DISCONNECT may carry that keep the Will (v5 section 3.14.2.1).
-_WILL_KEEPING = frozenset({_R.DISCONNECT_WITH_WILL_MESSAGE})
+_INF = math.inf
+_checkpoint = trio.lowlevel.checkpoint
+_wait_readable = trio.lowlevel.wait_readable
+_current_time = trio.current_time
 
 
 class Connection:
@@ -91,6 +98,7 @@ class Connection:
 
     __slots__ = (
         "abnormal",
+        "acker_scope",
         "acking",
         "acks",
         "acks_done",
@@ -99,10 +107,12 @@ class Connection:
         "broker",
         "client_id",
         "close_reason",
+        "closed",
         "conn_id",
         "connect_expiry",
         "connected",
         "connected_at",
+        "deadline",
         "decoder",
         "flushed",
         "handle",
@@ -113,16 +123,25 @@ class Connection:
         "out_bytes",
         "peer",
         "peer_max_packet_size",
+        "queued",
         "scope",
+        "sock",
         "stream",
         "taken_over",
+        "timed_out",
         "version",
+        "waits_for",
         "will",
+        "writer_scope",
         "writing",
     )
 
-    def __init__(self, broker: Broker, stream: trio.SocketStream, conn_id: int, peer: str) -> None:
+    def __init__(
+        self, broker: Broker, stream: Any, conn_id: int, peer: str, sock: socket.socket | None = None
+    ) -> None:
         self.broker = broker
+        #: The bare socket of a plain TCP connection, else None and ``stream`` is used.
+        self.sock = sock
         self.stream = stream
         self.conn_id = conn_id
         self.peer = peer
@@ -141,12 +160,26 @@ class Connection:
         self.peer_max_packet_size: int | None = None
         self.out: list[bytes] = []
         self.out_bytes = 0
+        #: On the broker's dirty list.
+        self.queued = False
+        #: A writer task owns the outbox (the socket could not take it all).
         self.writing = False
+        self.writer_scope: trio.CancelScope | None = None
+        #: Created by whoever waits for the writer to finish.
         self.flushed: trio.Event | None = None
+        self.closed = False
+        #: Plain TCP: when the read deadline passes (the broker's housekeeping
+        #: checks it twice a second and calls ``expire``); streams use the
+        #: cancel scope's deadline instead.
+        self.deadline = _INF
+        self.timed_out = False
+        #: Congested sessions this connection's last PUBLISHes went to (overload control).
+        self.waits_for: list[SessionHandle] | None = None
         # Created on first use: an idle connection should not carry an empty deque (~600 B).
         self.acks: Any = ()
         self.acking = False
         self.acks_done: trio.Event | None = None
+        self.acker_scope: trio.CancelScope | None = None
         self.close_reason: ReasonCode | None = None
         #: The connection ended without a normal DISCONNECT: the Will is published.
         self.abnormal = True
@@ -159,38 +192,113 @@ class Connection:
     def write(self, data: bytes) -> None:
         self.out.append(data)
         self.out_bytes += len(data)
-        if not self.writing and self.nursery is not None:
-            self.writing = True
-            self.flushed = trio.Event()
-            self.nursery.start_soon(self._writer)
+        if not self.queued and not self.writing:
+            self.queued = True
+            broker = self.broker
+            broker.dirty.append(self)
+            if not broker.batching:
+                self.flush()
+
+    def flush(self) -> None:
+        """Send the outbox now, as far as the socket takes it (``Broker.flush``)."""
+        self.queued = False
+        out = self.out
+        if self.writing or self.closed:
+            return
+        sock = self.sock
+        if sock is None:
+            if out:
+                self._start_writer()
+            return
+        while out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._broken()
+                return
+            if sent < len(data):
+                out[:] = [data[sent:]]
+                self.out_bytes = len(data) - sent
+                self._start_writer()
+                return
+            out.clear()
+            self.out_bytes = 0
+            # What _sent writes (queued QoS 1/2 messages) is appended and sent
+            # by the next round of this loop, not by a nested flush.
+            self.queued = True
+            self._sent()
+            self.queued = False
+
+    def _sent(self) -> None:
+        """The outbox drained: move queued QoS 1/2 messages, relieve publishers."""
+        handle = self.handle
+        if handle is not None:
+            if handle.session.queue:
+                handle.pump()
+            elif handle.pressured or handle.slow:
+                handle.relieved()
+
+    def _broken(self) -> None:
+        self.out.clear()
+        self.out_bytes = 0
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def _start_writer(self) -> None:
+        if self.nursery is None:
+            return
+        self.writing = True
+        self.nursery.start_soon(self._writer)
 
     async def _writer(self) -> None:
         out = self.out
+        sock = self.sock
         try:
-            while out:
-                data = out[0] if len(out) == 1 else b"".join(out)
-                out.clear()
-                self.out_bytes = 0
-                await self.stream.send_all(data)
-                handle = self.handle
-                if handle is not None:
-                    if handle.session.queue:
-                        handle.pump()
-                    elif handle.drained is not None or handle.slow:
-                        handle.relieved()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            out.clear()
-            self.out_bytes = 0
-            if self.scope is not None:
-                self.scope.cancel()
+            with trio.CancelScope() as self.writer_scope:
+                while out and not self.closed:
+                    data = out[0] if len(out) == 1 else b"".join(out)
+                    if sock is None:
+                        out.clear()
+                        self.out_bytes = 0
+                        await self.stream.send_all(data)
+                    else:
+                        await trio.lowlevel.wait_writable(sock)
+                        try:
+                            sent = sock.send(data)
+                        except BlockingIOError:
+                            sent = 0
+                        if sent < len(data):
+                            out[:] = [data[sent:]]
+                            self.out_bytes = len(data) - sent
+                            continue
+                        out.clear()
+                        self.out_bytes = 0
+                    self._sent()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._broken()
         finally:
+            self.writer_scope = None
             self.writing = False
             if self.flushed is not None:
                 self.flushed.set()
+                self.flushed = None
 
     async def _drain(self) -> None:
-        while self.writing and self.flushed is not None:
+        self.flush()
+        while self.writing:
+            if self.flushed is None:
+                self.flushed = trio.Event()
             await self.flushed.wait()
+
+    def expire(self) -> None:
+        """The read deadline passed (plain TCP; called by the broker's housekeeping)."""
+        self.deadline = _INF
+        self.timed_out = True
+        if self.scope is not None:
+            self.scope.cancel()
 
     def kick(self, reason: ReasonCode | None) -> None:
         """End the connection from outside (takeover, admin, overflow, shutdown)."""
@@ -202,43 +310,97 @@ class Connection:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, nursery: trio.Nursery) -> None:
+        """Serve the connection; ``nursery`` hosts its writer and ack tasks.
+
+        Everything is inline here and in ``_read_loop``: every coroutine frame
+        is kept by every idle connection.
+        """
+        broker = self.broker
         self.nursery = nursery
         try:
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                try:
-                    await self._serve()
-                except MQTTError as error:
-                    self._fail(error)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            try:
+                connect_deadline = _current_time() + broker.config.connect_timeout
+                raw = self.sock is not None
+                # Plain TCP connections keep their deadline in ``self.deadline``:
+                # a trio deadline costs heap work at every change.
+                with trio.CancelScope(deadline=_INF if raw else connect_deadline) as scope:
+                    self.scope = scope
+                    if raw:
+                        self.deadline = connect_deadline
+                    try:
+                        connect = await self._receive_connect()
+                        if connect is not None:
+                            # No deadline while authenticating and taking over
+                            # (the takeover has its own).
+                            if raw:
+                                self.deadline = _INF
+                            else:
+                                scope.deadline = _INF
+                            if await self._establish(connect):
+                                await self._read_loop()
+                    except MQTTError as error:
+                        self._fail(error)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                if self.timed_out or (
+                    scope.cancelled_caught and self.close_reason is None and _current_time() >= scope.deadline
+                ):
+                    # Not kicked, not a failed write: the read deadline passed.
+                    if self.connected:
+                        broker.stats.keepalive_timeouts += 1
+                        log.info(
+                            "keepalive_timeout",
+                            conn_id=self.conn_id, client_id=self.client_id, keepalive=self.keepalive,
+                        )
+                        self.close_reason = _R.KEEP_ALIVE_TIMEOUT
+                    elif self.handle is None:
+                        log.info("connect_timeout", conn_id=self.conn_id, peer=self.peer)
+            finally:
+                await self._close()
+        except Exception as error:  # a bug must end one connection, never the broker
+            await broker.crashed(self, error)
         finally:
-            await self._close()
+            broker.forget(self)
 
-    async def _serve(self) -> None:
-        connect = await self._receive_connect()
-        if connect is None:
-            return
-        if not await self._establish(connect):
-            return
-        await self._read_loop()
+    async def _receive(self) -> bool:
+        """Read once into the decoder; False at end of stream."""
+        sock = self.sock
+        if sock is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return False
+            self.decoder.feed(data)
+            return True
+        broker = self.broker
+        while True:
+            try:
+                n = sock.recv_into(broker.rbuf)
+            except BlockingIOError:
+                # Waiting outside the except clause: an idle connection must
+                # not keep the exception and its traceback alive.
+                n = -1
+            except OSError:  # reset by peer
+                return False
+            if n > 0:
+                self.decoder.feed(broker.rview[:n])
+                return True
+            if not n:
+                return False
+            await _wait_readable(sock)
 
     async def _receive_connect(self) -> Connect | None:
         decoder = self.decoder
-        with trio.move_on_after(self.broker.config.connect_timeout):
-            while True:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    return None
-                decoder.feed(data)
-                packet = decoder.next_packet()
-                if packet is not None:
-                    assert isinstance(packet, Connect)  # the codec refuses anything else first
-                    return packet
-        log.info("connect_timeout", conn_id=self.conn_id, peer=self.peer)
-        return None
+        while True:
+            if not await self._receive():
+                return None
+            packet = decoder.next_packet()
+            if packet is not None:
+                assert isinstance(packet, Connect)  # the codec refuses anything else first
+                return packet
 
-    def _refuse(self, reason: ReasonCode, detail: str) -> None:
+    def _refuse(
+        self, reason: ReasonCode, detail: str, *, mqtt_user: str | None = None, why: str | None = None
+    ) -> None:
         stats = self.broker.stats
         stats.connects_denied[reason.name] = stats.connects_denied.get(reason.name, 0) + 1
         log.info(
@@ -246,8 +408,9 @@ class Connection:
             conn_id=self.conn_id,
             peer=self.peer,
             client_id=self.client_id,
+            mqtt_user=mqtt_user,
             reason=reason.name,
-            detail=detail,
+            why=why or detail,
         )
         self._send_connack(Connack(reason, False, _reason_props(self.version, detail)))
 
@@ -271,7 +434,7 @@ class Connection:
             # v5 [MQTT-4.12.0-1]: enhanced authentication is not supported.
             self._refuse(_R.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
             return False
-        plan = negotiate(connect, limits, "auto-" + secrets.token_hex(10))
+        plan = negotiate(connect, limits, "" if connect.client_id else "auto-" + secrets.token_hex(10))
         if plan.reason != _R.SUCCESS:
             self._refuse(plan.reason, plan.detail)
             return False
@@ -284,13 +447,25 @@ class Connection:
                 connect.username, connect.password, client_id=plan.client_id, peer=self.peer
             )
         except AuthDenied as denied:
-            self._refuse(denied.reason, denied.detail)
+            self._refuse(denied.reason, denied.detail, mqtt_user=connect.username, why=denied.why)
             return False
         self.identity = identity
         self.acl = broker.authenticator.acl_for(identity)
         await broker.take_over(self, plan.client_id)
         if self.close_reason is not None:
             return False
+        broker.batching = True
+        try:
+            return self._open(connect, plan, identity)
+        finally:
+            broker.batching = False
+            if broker.dirty:
+                broker.flush()
+
+    def _open(self, connect: Connect, plan: Any, identity: Identity) -> bool:
+        broker = self.broker
+        config = broker.config
+        limits = broker.limits
         handle, present = broker.open_session(self, plan, clean=connect.clean_start)
         self.handle = handle
         self.keepalive = plan.keepalive
@@ -309,7 +484,7 @@ class Connection:
         self.connected = True
         self.connected_at = time.time()
         broker.stats.connects_total += 1
-        log.info(
+        broker.log.info(
             "client_connected",
             conn_id=self.conn_id,
             client_id=plan.client_id,
@@ -326,56 +501,115 @@ class Connection:
         return True
 
     async def _read_loop(self) -> None:
-        stream = self.stream
+        broker = self.broker
         decoder = self.decoder
-        timeout = self.keepalive * 1.5 if self.keepalive else float("inf")
+        scope = self.scope
+        assert scope is not None
+        timeout = self.keepalive * 1.5 if self.keepalive else _INF
+        # The deadline moves only when it is ``slack`` behind: at most one
+        # deadline update per ``slack`` seconds, and the timeout fires at most
+        # ``slack`` late.
+        slack = min(1.0, timeout / 16)
+        sock = self.sock
+        if sock is None:
+            scope.deadline = _current_time() + timeout + slack
+        else:
+            self.deadline = _current_time() + timeout
         on_publish = self._on_publish
+        handlers = HANDLERS
+        rbuf = broker.rbuf
+        rview = broker.rview
         while True:
-            while (packet := decoder.next_packet()) is not None:
-                if type(packet) is Publish:
-                    await on_publish(packet)
-                else:
-                    handler = _HANDLERS.get(type(packet))
-                    if handler is None:
-                        raise MQTTError(_R.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
-                    if handler(self, packet) is False:
+            broker.batching = True
+            try:
+                while (packet := decoder.next_packet()) is not None:
+                    if type(packet) is Publish:
+                        if self.waits_for is not None:
+                            await self._wait_for_subscribers()
+                        slow = on_publish(packet)
+                        if slow is not None:
+                            await slow
+                    else:
+                        handler = handlers.get(type(packet))
+                        if handler is None:
+                            raise MQTTError(_R.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
+                        if handler(self, packet) is False:
+                            return
+            finally:
+                broker.batching = False
+                if broker.dirty:
+                    broker.flush()
+            if sock is None:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return
+                decoder.feed(data)
+            else:
+                # The bare socket, inline (see run): read what is there, wait
+                # only when there is nothing, and let others run between two
+                # batches that did not wait.
+                waited = False
+                while True:
+                    try:
+                        n = sock.recv_into(rbuf)
+                    except BlockingIOError:
+                        # Waiting outside the except clause: an idle connection
+                        # must not keep the exception and its traceback alive.
+                        n = -1
+                    except OSError:  # reset by peer
                         return
-            if self.broker.pressure:
-                await self._wait_for_subscribers()
-            with trio.move_on_after(timeout) as deadline:
-                data = await stream.receive_some(65536)
-            if deadline.cancelled_caught:
-                self.broker.stats.keepalive_timeouts += 1
-                log.info("keepalive_timeout", conn_id=self.conn_id, client_id=self.client_id, keepalive=self.keepalive)
-                self.close_reason = _R.KEEP_ALIVE_TIMEOUT
-                return
-            if not data:
-                return
-            decoder.feed(data)
+                    if n >= 0:
+                        break
+                    waited = True
+                    await _wait_readable(sock)
+                if not n:
+                    return
+                decoder.feed(rview[:n])
+                if not waited:
+                    await _checkpoint()
+            if timeout != _INF:
+                deadline = _current_time() + timeout
+                if sock is not None:
+                    self.deadline = deadline
+                elif scope.deadline < deadline:
+                    scope.deadline = deadline + slack
+
+    def _unbatch(self) -> None:
+        """About to wait in the middle of a read batch: send what it produced."""
+        broker = self.broker
+        broker.batching = False
+        if broker.dirty:
+            broker.flush()
 
     async def _wait_for_subscribers(self) -> None:
-        """Overload control: stop reading while the subscribers we fed are congested.
+        """Overload control: hold this PUBLISH while the sessions fed are congested.
 
-        Waits at most ``_PRESSURE_WAIT`` seconds; a subscriber still congested
-        then is marked slow and no longer holds publishers back (its QoS 0
-        messages are dropped, its QoS 1/2 queue may overflow).
+        Waits until none of them is, or until ``max_publisher_pause`` after
+        they became congested; those are then marked slow and no longer hold
+        publishers back (docs/broker.md "Slow subscribers and overload").
         """
-        pressure = self.broker.pressure
-        handles = pressure[:]
-        pressure.clear()
-        for handle in handles:
-            handle.pressured = False
-        with trio.move_on_after(_PRESSURE_WAIT):
-            for handle in handles:
-                while handle.congested() and not handle.slow:
-                    if handle.drained is None:
-                        handle.drained = trio.Event()
-                    await handle.drained.wait()
-            return
-        for handle in handles:
-            if handle.congested() and not handle.slow:
-                handle.slow = True
-                log.info("subscriber_slow", client_id=handle.session.client_id, conn_id=self.conn_id)
+        self._unbatch()
+        overload = self.broker.overload
+        own = self.handle
+        while True:
+            pending = [h for h in self.waits_for or () if h.pressured and h is not own]
+            if not pending:
+                break
+            deadline = min(h.since for h in pending) + overload.max_pause
+            if _current_time() >= deadline:
+                for handle in pending:
+                    if handle.since + overload.max_pause <= deadline:
+                        handle.slow = True
+                        overload.remove(handle)
+                        log.info("subscriber_slow", client_id=handle.session.client_id, conn_id=self.conn_id)
+                continue
+            self.waits_for = pending
+            if overload.event is None:
+                overload.event = trio.Event()
+            with trio.move_on_at(deadline):
+                await overload.event.wait()
+        self.waits_for = None
+        self.broker.batching = True
 
     def _fail(self, error: MQTTError) -> None:
         """The one place a protocol error becomes bytes (see module docstring)."""
@@ -411,15 +645,33 @@ class Connection:
                     props = _reason_props(self.version, _CLOSE_DETAIL.get(reason, ""))
                     self.write(encode(Disconnect(reason, props), _V5))
                 await self._drain()
-            if self.nursery is not None:
-                self.nursery.cancel_scope.cancel()
+            for task_scope in (self.writer_scope, self.acker_scope):
+                if task_scope is not None:
+                    task_scope.cancel()
             self.nursery = None
-            await self.stream.aclose()
+            if self.sock is None:
+                self.closed = True
+                await self.stream.aclose()
+            else:
+                self.close_transport()
             broker.connection_closed(self)
+
+    def close_transport(self) -> None:
+        """Close the bare socket at once (a stream is closed by ``aclose``)."""
+        self.closed = True
+        self.out.clear()
+        self.out_bytes = 0
+        sock = self.sock
+        if sock is not None:
+            if sock.fileno() != -1:
+                trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     # ------------------------------------------------------------ PUBLISH
 
-    async def _on_publish(self, publish: Publish) -> None:
+    def _on_publish(self, publish: Publish) -> Awaitable[None] | None:
+        """Handle a PUBLISH; returns what to await only on the slow paths
+        (forwarding, or acknowledgements queued behind pending forwards)."""
         broker = self.broker
         stats = broker.stats
         qos = publish.qos
@@ -442,7 +694,7 @@ class Connection:
                 # again, do not route again (v5 [MQTT-4.3.3-10] method B).
                 if not any(entry[0] == pid for entry in self.acks):
                     self.write(encode(Pubrec(pid), self.version))
-                return
+                return None
             if (
                 self.version == _V5
                 and len(self.acks) + len(session.awaiting_release) >= limits.receive_maximum
@@ -457,32 +709,59 @@ class Connection:
                 code = _R.NOT_AUTHORIZED if self.version == _V5 else _R.SUCCESS
                 packet = Puback(pid, code) if qos == 1 else Pubrec(pid, code)  # type: ignore[arg-type]
                 if qos == 2 and self.version != _V5:
-                    session.awaiting_release.add(pid)  # type: ignore[arg-type]
+                    session.await_release(pid)  # type: ignore[arg-type]
                 self.write(encode(packet, self.version))
-            return
+            return None
         message = message_from_publish(publish, topic, self.client_id, trio.current_time())
         if publish.retain:
             broker.router.retain(message)
+        hit = broker.overload.hit
+        if hit:
+            hit.clear()
         broker.router.publish(message)
+        if hit:
+            # Some receivers are congested: hold the next PUBLISH for them.
+            waits_for = self.waits_for
+            if waits_for is None:
+                self.waits_for = waits_for = []
+            for handle in hit:
+                if handle not in waits_for:
+                    waits_for.append(handle)
+            hit.clear()
         if qos == 0:
             if broker.forwarding and not broker.forwarder.submit_nowait(self._forward_message(message, None)):
                 stats.forward_dropped += 1
-            return
+            return None
         assert pid is not None
         if qos == 2:
-            session.awaiting_release.add(pid)
+            session.await_release(pid)
         if broker.forwarding:
-            ticket = await broker.forwarder.submit(
-                self._forward_message(message, session.inbound_msg_id(pid))
-            )
-        else:
-            ticket = DONE
+            return self._forward(message, pid, qos)
+        if not self.acks:
+            self._ack(pid, qos, _R.SUCCESS)
+            return None
+        return self._queue_ack(pid, qos, DONE)
+
+    async def _forward(self, message: Message, pid: int, qos: int) -> None:
+        broker = self.broker
+        self._unbatch()
+        ticket = await broker.forwarder.submit(
+            self._forward_message(message, self.handle.session.inbound_msg_id(pid))  # type: ignore[union-attr]
+        )
+        broker.batching = True
         if ticket is DONE and not self.acks:
             self._ack(pid, qos, _R.SUCCESS)
             return
+        await self._queue_ack(pid, qos, ticket)
+
+    async def _queue_ack(self, pid: int, qos: int, ticket: Any) -> None:
+        broker = self.broker
+        limits = broker.limits
         while len(self.acks) >= limits.receive_maximum and self.acking and self.acks_done is not None:
             # 3.1.1 has no Receive Maximum: stop reading instead.
+            self._unbatch()
             await self.acks_done.wait()
+            broker.batching = True
         if not self.acks:
             self.acks = collections.deque()
         self.acks.append((pid, qos, ticket))
@@ -531,162 +810,40 @@ class Connection:
             return
         if reason.is_error:
             # v5 section 4.3.3: a failing PUBREC ends the flow.
-            session.awaiting_release.discard(pid)
+            session.released(pid)
             session.inbound_done(pid)
         self.write(encode(Pubrec(pid, reason), self.version))
 
     async def _acker(self) -> None:
-        acks = self.acks
-        stats = self.broker.stats
         try:
-            while acks:
-                pid, qos, ticket = acks[0]
-                reason = _R.SUCCESS
-                try:
-                    await ticket.wait()
-                except ForwardFailed as failure:
-                    stats.forward_failed += 1
-                    log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))
-                    if self.version != _V5:
-                        # 3.1.1 has no negative ack: disconnect so it retransmits.
-                        self.acks = ()
-                        self.kick(_R.UNSPECIFIED_ERROR)
-                        return
-                    reason = _R.UNSPECIFIED_ERROR
-                acks.popleft()
-                self._ack(pid, qos, reason)
+            with trio.CancelScope() as self.acker_scope:
+                await self._ack_in_order()
         finally:
+            self.acker_scope = None
             self.acking = False
             if self.acks_done is not None:
                 self.acks_done.set()
 
-    # ------------------------------------------------------------ other packets
-
-    def _on_puback(self, packet: Puback) -> None:
-        handle = self.handle
-        assert handle is not None
-        if handle.session.on_puback(packet.packet_id) and handle.session.queue:
-            handle.pump()
-
-    def _on_pubrec(self, packet: Pubrec) -> None:
-        handle = self.handle
-        assert handle is not None
-        pubrel = handle.session.on_pubrec(packet.packet_id, packet.reason_code)
-        if pubrel is not None:
-            self.write(encode(pubrel, self.version))
-        elif handle.session.queue:
-            handle.pump()
-
-    def _on_pubrel(self, packet: Pubrel) -> None:
-        session = self.handle.session  # type: ignore[union-attr]
-        pid = packet.packet_id
-        if pid in session.awaiting_release:
-            session.awaiting_release.discard(pid)
-            session.inbound_done(pid)
-            self.write(b"\x70\x02" + pid.to_bytes(2, "big"))
-        else:
-            # v5 [MQTT-4.3.3-?]: PUBCOMP 0x92 for an unknown id; 3.1.1 plain PUBCOMP.
-            self.write(encode(Pubcomp(pid, _R.PACKET_IDENTIFIER_NOT_FOUND), self.version))
-
-    def _on_pubcomp(self, packet: Pubcomp) -> None:
-        handle = self.handle
-        assert handle is not None
-        if handle.session.on_pubcomp(packet.packet_id) and handle.session.queue:
-            handle.pump()
-
-    def _on_subscribe(self, packet: Subscribe) -> None:
-        broker = self.broker
-        limits = broker.limits
-        handle = self.handle
-        assert handle is not None
-        session = handle.session
-        v5 = self.version == _V5
-        ids = packet.properties.subscription_identifiers
-        sub_id = ids[0] if ids else None
-        codes: list[ReasonCode] = []
-        retained: list[tuple[Message, int, tuple[int, ...]]] = []
-        now = trio.current_time()
-        for sub in packet.subscriptions:
-            topic_filter = sub.topic_filter
+    async def _ack_in_order(self) -> None:
+        acks = self.acks
+        stats = self.broker.stats
+        while acks:
+            pid, qos, ticket = acks[0]
+            reason = _R.SUCCESS
             try:
-                validate_topic_filter(
-                    topic_filter, max_length=limits.max_topic_length, max_levels=limits.max_topic_levels
-                )
-                shared = parse_shared(topic_filter)
-            except MQTTError:
-                codes.append(_R.TOPIC_FILTER_INVALID)
-                continue
-            if shared is not None and sub.no_local:
-                # v5 [MQTT-3.8.3-4]
-                raise MQTTError(_R.PROTOCOL_ERROR, "No Local on a shared subscription")
-            if self.acl is not None and not self.acl.may_subscribe(topic_filter):
-                broker.stats.subscribe_denied += 1
-                log.info("subscribe_denied", conn_id=self.conn_id, client_id=self.client_id, topic_filter=topic_filter)
-                codes.append(_R.NOT_AUTHORIZED)
-                continue
-            existed = topic_filter in session.subscriptions
-            if not existed and len(session.subscriptions) >= limits.max_subscriptions:
-                codes.append(_R.QUOTA_EXCEEDED)
-                continue
-            opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)
-            broker.router.subscribe(self.client_id, topic_filter, opts)
-            session.subscriptions[topic_filter] = opts
-            codes.append(GRANTED_QOS[sub.qos])
-            # v5 section 3.3.1.3: retained messages are not sent for shared subscriptions.
-            if shared is None and (
-                sub.retain_handling == RetainHandling.SEND
-                or (sub.retain_handling == RetainHandling.SEND_IF_NEW and not existed)
-            ):
-                for message in broker.router.retained_for(topic_filter, now):
-                    qos = sub.qos if sub.qos < message.qos else message.qos
-                    retained.append((message, qos, () if sub_id is None else (sub_id,)))
-        if not v5:
-            codes = [c if c <= _R.GRANTED_QOS_2 else _R.UNSPECIFIED_ERROR for c in codes]
-        self.write(encode(Suback(packet.packet_id, tuple(codes)), self.version))
-        for message, qos, sub_ids in retained:
-            # v5 [MQTT-3.3.1-8], v311 [MQTT-3.3.1-8]: retained on subscription keeps RETAIN=1.
-            handle.deliver(message, qos, True, sub_ids)
+                await ticket.wait()
+            except ForwardFailed as failure:
+                stats.forward_failed += 1
+                log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))
+                if self.version != _V5:
+                    # 3.1.1 has no negative ack: disconnect so it retransmits.
+                    self.acks = ()
+                    self.kick(_R.UNSPECIFIED_ERROR)
+                    return
+                reason = _R.UNSPECIFIED_ERROR
+            acks.popleft()
+            self._ack(pid, qos, reason)
 
-    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
-        broker = self.broker
-        session = self.handle.session  # type: ignore[union-attr]
-        codes = []
-        for topic_filter in packet.topic_filters:
-            removed = broker.router.unsubscribe(self.client_id, topic_filter)
-            session.subscriptions.pop(topic_filter, None)
-            codes.append(_R.SUCCESS if removed else _R.NO_SUBSCRIPTION_EXISTED)
-        self.write(encode(Unsuback(packet.packet_id, tuple(codes)), self.version))
-
-    def _on_pingreq(self, packet: Pingreq) -> None:
-        self.write(_PINGRESP)
-
-    def _on_disconnect(self, packet: Disconnect) -> bool:
-        expiry = packet.properties.session_expiry_interval
-        if expiry is not None:
-            if self.connect_expiry == 0 and expiry != 0:
-                # v5 [MQTT-3.14.2-2]
-                raise MQTTError(_R.PROTOCOL_ERROR, "Session Expiry set on DISCONNECT after 0 on CONNECT")
-            handle = self.handle
-            assert handle is not None
-            handle.session.expiry = min(expiry, self.broker.limits.max_session_expiry)
-        self.abnormal = packet.reason_code in _WILL_KEEPING
-        return False
-
-    def _on_auth(self, packet: Auth) -> None:
-        raise MQTTError(_R.PROTOCOL_ERROR, "AUTH without enhanced authentication")
-
-
-_HANDLERS: dict[type, Any] = {
-    Puback: Connection._on_puback,
-    Pubrec: Connection._on_pubrec,
-    Pubrel: Connection._on_pubrel,
-    Pubcomp: Connection._on_pubcomp,
-    Subscribe: Connection._on_subscribe,
-    Unsubscribe: Connection._on_unsubscribe,
-    Pingreq: Connection._on_pingreq,
-    Disconnect: Connection._on_disconnect,
-    Auth: Connection._on_auth,
-}
 
 _CLOSE_DETAIL = {
     _R.SESSION_TAKEN_OVER: "another connection with this client id",

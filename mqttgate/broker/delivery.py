@@ -19,6 +19,13 @@ never waits:
 
 :meth:`SessionHandle.pump` moves queued messages into the window when acks
 arrive or the outbox drains.
+
+Overload control (:class:`Overload`): a delivery that leaves a session over
+half its outbox or queue makes it *congested*; publishers then stop being read
+(``Connection._read_loop`` holds their next PUBLISH) until it is relieved, or
+for at most ``max_publisher_pause``, after which it is marked *slow* and the
+drop/0x97 rules above apply to it. So under overload publishers slow down, and
+messages are dropped only for a subscriber that does not read at all.
 """
 
 from __future__ import annotations
@@ -40,27 +47,64 @@ log = get_logger("broker")
 _V5 = ProtocolVersion.V5
 
 
+class Overload:
+    """The congested sessions publishers wait for (overload control).
+
+    A session becomes *congested* when a delivery leaves its outbox at half of
+    ``max_outbox_bytes`` or its queue at half of ``max_queued_messages``. Every
+    delivery to a congested session is noted in ``hit``; the publishing
+    connection collects them after routing its message, and holds its next
+    PUBLISH (so stops reading) until those sessions are relieved, or until
+    ``max_pause`` seconds after they became congested: they are then marked
+    *slow* and hold nobody back (their QoS 0 messages are dropped, their QoS
+    1/2 queue may overflow) until they have caught up. Publishers that do not
+    feed a congested session are not held.
+    """
+
+    __slots__ = ("congested", "event", "hit", "max_pause")
+
+    def __init__(self, max_pause: float = 2.0) -> None:
+        self.congested: list[SessionHandle] = []
+        #: Congested sessions the message being routed was delivered to.
+        self.hit: list[SessionHandle] = []
+        #: Set (and dropped) whenever a session is relieved; created by the first waiter.
+        self.event: Any = None
+        self.max_pause = max_pause
+
+    def remove(self, handle: SessionHandle) -> None:
+        handle.pressured = False
+        congested = self.congested
+        if handle in congested:
+            congested.remove(handle)
+        if self.event is not None:
+            self.event.set()
+            self.event = None
+
+
 class SessionHandle:
     """A session and its current connection; the router's delivery target."""
 
-    __slots__ = ("conn", "drained", "epoch", "limit", "now", "pressure", "pressured", "session", "slow", "stats")
+    __slots__ = (
+        "conn", "epoch", "limit", "now", "overload", "pressured", "session", "since", "slow", "stats"
+    )
 
     def __init__(
         self,
         session: Session,
         stats: BrokerStats,
         outbox_limit: int,
-        now: object,
-        pressure: list[SessionHandle] | None = None,
+        now: Any,
+        overload: Overload | None = None,
     ) -> None:
         self.session = session
-        #: Shared list of congested sessions that publishers wait for (overload control).
-        self.pressure = pressure if pressure is not None else []
+        #: Shared by all sessions of a broker (see :class:`Overload`).
+        self.overload = overload if overload is not None else Overload()
+        #: In ``overload.congested`` since ``since`` (clock seconds).
         self.pressured = False
-        #: Set when a publisher waited for this session and it did not drain in time:
-        #: it no longer slows publishers down until it has caught up.
+        self.since = 0.0
+        #: Congested for longer than ``overload.max_pause``: it no longer slows
+        #: publishers down until it has caught up.
         self.slow = False
-        self.drained: Any = None
         self.conn: Connection | None = None
         self.stats = stats
         self.limit = outbox_limit
@@ -70,25 +114,33 @@ class SessionHandle:
         self.now = now
 
     def congested(self) -> bool:
-        """Over half its outbox or queue: publishers should wait for it."""
+        """Over half its outbox or queue: publishers should wait."""
         conn = self.conn
         return conn is not None and (
             conn.out_bytes >= self.limit // 2 or len(self.session.queue) >= self.session.max_queued // 2
         )
 
     def _note_pressure(self) -> None:
-        if not self.pressured and not self.slow and self.congested():
+        if not self.pressured:
+            if self.slow or not self.congested():
+                return
             self.pressured = True
-            self.pressure.append(self)
+            self.since = self.now()
+            self.overload.congested.append(self)
+        self.overload.hit.append(self)
 
     def relieved(self) -> None:
-        """Called when the outbox drained or acks arrived."""
-        if not self.congested():
+        """Called when the outbox drained or acks arrived (cheap when not congested)."""
+        if (self.pressured or self.slow) and not self.congested():
             self.slow = False
-            drained = self.drained
-            if drained is not None:
-                self.drained = None
-                drained.set()
+            if self.pressured:
+                self.overload.remove(self)
+
+    def detached(self) -> None:
+        """The connection went away: it holds nobody back any more."""
+        self.slow = False
+        if self.pressured:
+            self.overload.remove(self)
 
     def available(self) -> bool:
         conn = self.conn
@@ -105,7 +157,7 @@ class SessionHandle:
             version = conn.version
             if version != _V5:
                 sub_ids = ()
-            if message.expires_at is not None and message.expires_at <= self.now():  # type: ignore[operator]
+            if message.expires_at is not None and message.expires_at <= self.now():
                 self.stats.messages_expired += 1
                 return
             key = (version, retain, sub_ids)
@@ -116,10 +168,11 @@ class SessionHandle:
             if data is None:
                 props = message.properties
                 if version == _V5 and (sub_ids or message.expires_at is not None):
-                    props = outgoing_properties(message, sub_ids, self.now())  # type: ignore[operator,assignment]
-                    if props is None:
+                    fresh = outgoing_properties(message, sub_ids, self.now())
+                    if fresh is None:
                         self.stats.messages_expired += 1
                         return
+                    props = fresh
                 data = encode(Publish(message.topic, message.payload, 0, retain, False, None, props), version)
                 if message.expires_at is None:
                     cache[key] = data
@@ -158,11 +211,12 @@ class SessionHandle:
         v5 = conn.version == _V5
         props = message.properties
         if v5 and (sub_ids or message.expires_at is not None):
-            props = outgoing_properties(message, sub_ids, self.now())  # type: ignore[operator,assignment]
-            if props is None:
+            fresh = outgoing_properties(message, sub_ids, self.now())
+            if fresh is None:
                 self.stats.messages_expired += 1
                 return
-        elif message.expires_at is not None and message.expires_at <= self.now():  # type: ignore[operator]
+            props = fresh
+        elif message.expires_at is not None and message.expires_at <= self.now():
             self.stats.messages_expired += 1
             return
         publish = self.session.start(message.topic, message.payload, qos, retain, props)
@@ -184,5 +238,5 @@ class SessionHandle:
         while queue and conn is not None and session.has_room() and conn.out_bytes < self.limit:
             message, qos, retain, sub_ids = queue.popleft()
             self._send(conn, message, qos, retain, sub_ids)
-        if self.drained is not None or self.slow:
+        if self.pressured or self.slow:
             self.relieved()

@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 ``Broker.serve`` binds the listeners, reports the addresses through
-``task_status`` and accepts until ``shutdown`` is set. Each connection runs
-``Connection.run`` in its own small nursery (the reader, plus a writer and an
-ack task only while they have work). On shutdown the broker stops accepting,
+``task_status`` and accepts until ``shutdown`` is set. Plain TCP connections
+are accepted on the bare listening socket and run ``Connection.run`` as one
+task of the connections nursery, where their writer and ack tasks also start
+while they have work (no nursery per connection: an idle connection costs one
+task). Other streams (TLS, memory streams in tests) go through
+``serve_stream``, which gives each its own small nursery. On shutdown the broker stops accepting,
 tells every connection SERVER_SHUTTING_DOWN (v5 DISCONNECT 0x8B, 3.1.1 close)
 after its pending forwards finished, and returns once all are closed.
 
@@ -22,9 +25,11 @@ doubling per extra takeover up to 10 s, before it gets the session.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +38,7 @@ import trio
 
 from mqttgate.auth import Authenticator, Identity
 from mqttgate.broker.connection import Connection
-from mqttgate.broker.delivery import SessionHandle
+from mqttgate.broker.delivery import Overload, SessionHandle
 from mqttgate.broker.router import LocalRouter
 from mqttgate.broker.stats import BrokerStats, ClientInfo
 from mqttgate.config import Config
@@ -47,6 +52,15 @@ log = get_logger("broker")
 
 _FLAP_WINDOW = 10.0
 _FLAP_MAX_DELAY = 10.0
+#: Seconds between two checks of the connections' read deadlines: keep alive
+#: and connect timeouts fire up to this late.
+_DEADLINE_CHECK = 0.5
+#: Connections accepted in a row before the accept loop lets others run.
+_ACCEPT_BATCH = 64
+#: accept() errors that mean "out of resources, try again shortly" (trio's list).
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
 
 
 def limits_from(config: Config) -> Limits:
@@ -81,11 +95,23 @@ class Broker:
         #: False with forwarding off: the hot path skips building ForwardMessages.
         self.forwarding = not isinstance(forwarder, NullForwarder)
         self.stats = BrokerStats()
+        #: Bound once: the module's lazy proxy binds anew on every call, which
+        #: the per-connection events cannot afford (made after logs.configure).
+        self.log = log.bind()
         self.limits = limits_from(config)
         self.router = LocalRouter(self.stats, max_retained=config.max_retained_messages)
         self.shutting_down = False
-        #: Congested sessions the next publisher to read waits for (overload control).
-        self.pressure: list[SessionHandle] = []
+        #: Congested sessions publishers wait for (overload control, broker/delivery.py).
+        self.overload = Overload(config.max_publisher_pause)
+        #: Connections with unsent output, flushed at the end of the read
+        #: batch that produced it (see Connection.write).
+        self.dirty: list[Connection] = []
+        #: True while a read loop runs a batch: writes wait for its flush.
+        self.batching = False
+        #: One receive buffer for every plain TCP connection: data is copied
+        #: into the connection's decoder at once, so no idle connection keeps one.
+        self.rbuf = bytearray(65536)
+        self.rview = memoryview(self.rbuf)
         self._conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -114,6 +140,10 @@ class Broker:
             async with trio.open_nursery() as conns:
                 async with trio.open_nursery() as accept:
                     accept.start_soon(self._accept, listeners, conns)
+                    if self.config.mqtts_listen is not None:  # MQTT over TLS: mqttgate/tls.py
+                        from mqttgate.tls import serve_tls
+
+                        addresses = addresses + await accept.start(serve_tls, self.config, self.serve_stream, conns)
                     task_status.started(addresses)
                     await shutdown.wait()
                     accept.cancel_scope.cancel()
@@ -127,7 +157,48 @@ class Broker:
         log.info("mqtt_stopped")
 
     async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
-        await trio.serve_listeners(self._handle, listeners, handler_nursery=conns)
+        # Plain TCP connections are served on the bare socket (Connection.sock):
+        # no SocketStream, no trio socket wrapper, fewer frames per idle
+        # connection, and CONNECT..CONNACK without a task switch per step.
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_raw, socket.socket(fileno=listener.socket.detach()), conns)
+
+    async def _accept_raw(self, lsock: socket.socket, conns: trio.Nursery) -> None:
+        lsock.setblocking(False)
+        try:
+            accepted = 0
+            while True:
+                try:
+                    sock, addr = lsock.accept()
+                except BlockingIOError:
+                    accepted = 0
+                    await trio.lowlevel.wait_readable(lsock)
+                    continue
+                except OSError as error:
+                    if error.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        log.error("accept_failed", error=repr(error))
+                        await trio.sleep(0.1)
+                    continue
+                sock.setblocking(False)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:  # not TCP (tests), or already gone
+                    pass
+                conn_id = next(self._ids)
+                conn = Connection(self, None, conn_id, f"{addr[0]}:{addr[1]}", sock)
+                if self.shutting_down:
+                    conn.close_transport()
+                    continue
+                self._conns[conn_id] = conn
+                conns.start_soon(conn.run, conns)
+                accepted += 1
+                if accepted >= _ACCEPT_BATCH:
+                    accepted = 0
+                    await trio.lowlevel.checkpoint()
+        finally:
+            trio.lowlevel.notify_closing(lsock)
+            lsock.close()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -136,6 +207,21 @@ class Broker:
         except OSError:
             peer = "?"
         await self.serve_stream(stream, peer)
+
+    async def crashed(self, conn: Connection, error: Exception) -> None:
+        """A bug ended ``conn``: log it, close it, keep the broker running."""
+        log.error(
+            "connection_crashed", conn_id=conn.conn_id, client_id=conn.client_id, error=repr(error), exc_info=True
+        )
+        conn.close_transport()
+        if conn.sock is None:
+            with trio.CancelScope(shield=True):
+                await conn.stream.aclose()
+        if conn.connected:
+            self.connection_closed(conn)
+
+    def forget(self, conn: Connection) -> None:
+        self._conns.pop(conn.conn_id, None)
 
     async def serve_stream(self, stream: Any, peer: str) -> None:
         """Serve one client on any trio stream (tests use memory streams)."""
@@ -148,12 +234,6 @@ class Broker:
                 return
             async with trio.open_nursery() as nursery:
                 await conn.run(nursery)
-        except Exception as error:  # a bug must end one connection, never the broker
-            log.error("connection_crashed", conn_id=conn_id, client_id=conn.client_id, error=repr(error), exc_info=True)
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            if conn.connected:
-                self.connection_closed(conn)
         finally:
             self._conns.pop(conn_id, None)
 
@@ -251,7 +331,7 @@ class Broker:
                 expiry=plan.session_expiry,
             )
             handle = SessionHandle(
-                session, self.stats, self.config.max_outbox_bytes, trio.current_time, self.pressure
+                session, self.stats, self.config.max_outbox_bytes, trio.current_time, self.overload
             )
             self.router.attach(client_id, handle)
             present = False
@@ -277,10 +357,11 @@ class Broker:
             reason = conn.close_reason.name
         else:
             reason = "connection_lost" if conn.abnormal else "client_disconnect"
-        log.info("client_disconnected", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason)
+        self.log.info("client_disconnected", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason)
         if handle.conn is not conn:
             return
         handle.conn = None
+        handle.detached()
         client_id = conn.client_id
         session = handle.session
         will = conn.will if conn.abnormal and not self.shutting_down else None
@@ -349,6 +430,17 @@ class Broker:
             if not self.forwarder.submit_nowait(forwarded):
                 self.stats.forward_dropped += 1
 
+    # ------------------------------------------------------------ output
+
+    def flush(self) -> None:
+        """Send what every dirty connection has buffered (see Connection.flush)."""
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+            dirty = self.dirty
+
     # ------------------------------------------------------------ timers
 
     def schedule(self, when: float, callback: Callable[..., None], *args: Any) -> None:
@@ -370,7 +462,13 @@ class Broker:
                 self._flaps = {
                     cid: times for cid, times in self._flaps.items() if now - times[-1] < _FLAP_WINDOW
                 }
-            wake = now + 1.0
+            for conn in self._conns.values():
+                # Read deadlines of plain TCP connections (Connection.deadline):
+                # one comparison per connection twice a second, instead of a
+                # trio deadline change per read.
+                if conn.deadline <= now:
+                    conn.expire()
+            wake = now + _DEADLINE_CHECK
             if timers and timers[0][0] < wake:
                 wake = timers[0][0]
             await trio.sleep_until(wake)

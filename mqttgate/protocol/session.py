@@ -46,6 +46,8 @@ from mqttgate.protocol.packets import (
 )
 from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
 
+_NO_IDS: frozenset[int] = frozenset()
+
 #: Session Expiry Interval meaning "never expires" (v5 section 3.1.2.11.2).
 NEVER_EXPIRES = 0xFFFFFFFF
 
@@ -284,7 +286,9 @@ class Session:
         # An empty tuple until first used: an idle session should not carry a deque.
         self.queue: Any = ()
         #: Inbound QoS 2 packet ids routed and not yet released by PUBREL.
-        self.awaiting_release: set[int] = set()
+        #: An empty frozenset until the first QoS 2 PUBLISH (an empty set is
+        #: 216 bytes, and most sessions never see QoS 2): add with :meth:`await_release`.
+        self.awaiting_release: set[int] | frozenset[int] = _NO_IDS
         #: Inbound packet id -> de-dup id while its flow is not complete.
         self.inbound_ids: dict[int, str] = {}
         self.counter = 0
@@ -308,6 +312,17 @@ class Session:
             self.counter += 1
             msg_id = self.inbound_ids[packet_id] = f"{self.uid}:{packet_id}:{self.counter}"
         return msg_id
+
+    def await_release(self, packet_id: int) -> None:
+        """An inbound QoS 2 packet id was routed: it waits for PUBREL."""
+        if not self.awaiting_release:
+            self.awaiting_release = set()
+        self.awaiting_release.add(packet_id)  # type: ignore[union-attr]
+
+    def released(self, packet_id: int) -> None:
+        """PUBREL arrived (or the flow failed) for an inbound QoS 2 packet id."""
+        if packet_id in self.awaiting_release:
+            self.awaiting_release.discard(packet_id)  # type: ignore[union-attr]
 
     def inbound_done(self, packet_id: int) -> None:
         """The inbound flow of ``packet_id`` completed (PUBACK or PUBCOMP sent)."""
@@ -395,7 +410,7 @@ class Session:
         """Clean Start on an existing session: nothing of it survives."""
         self.inflight.clear()
         self.queue = ()
-        self.awaiting_release.clear()
+        self.awaiting_release = _NO_IDS
         self.inbound_ids.clear()
         self.subscriptions.clear()
 

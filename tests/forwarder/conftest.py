@@ -3,6 +3,7 @@ and restart, and a JetStream reader."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +19,6 @@ import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
-from tests.conftest import free_port
-
 
 def nats_server_binary() -> str:
     for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
@@ -30,33 +29,46 @@ def nats_server_binary() -> str:
 
 
 class PrivateNats:
-    """A nats-server child process with JetStream on a free port."""
+    """A nats-server child process with JetStream.
 
-    def __init__(self, store_dir: str, port: int | None = None) -> None:
+    Without a port it binds a random one (``-p -1``) and reports it in its
+    ports file; a restart reuses that port. Readiness is the ports file of
+    *this* process, not a TCP probe: on a shared machine another process may
+    hold a port we guessed, and a probe would then talk to it.
+    """
+
+    def __init__(self, store_dir: str, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.store_dir = store_dir
-        self.port = port or free_port()
+        self.port = port
+        self.extra = extra
         self.process: trio.Process | None = None
 
     @property
     def url(self) -> str:
+        assert self.port is not None, "start() first, or give a port"
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.process = await trio.lowlevel.open_process(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir],
+        ports_dir = os.path.join(self.store_dir, "ports")
+        os.makedirs(ports_dir, exist_ok=True)
+        process = self.process = await trio.lowlevel.open_process(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port or -1), "-js", "-sd", self.store_dir,
+             "--ports_file_dir", ports_dir, *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
-        # Wait until it accepts connections (it is ready in ~30 ms).
+        )  # fmt: skip
+        ports_file = os.path.join(ports_dir, f"nats-server_{process.pid}.ports")
         with trio.fail_after(10):
             while True:
+                if process.poll() is not None:
+                    self.process = None
+                    raise RuntimeError(f"nats-server exited with {process.returncode} (port {self.port} taken?)")
                 try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-                except OSError:
-                    await trio.sleep(0.02)
-                    continue
-                await stream.aclose()
-                return
+                    listening = json.loads(await trio.Path(ports_file).read_text())["nats"][0]
+                    break
+                except (OSError, ValueError, KeyError, IndexError):
+                    await trio.sleep(0.02)  # not written yet: it is ready in ~30 ms
+        self.port = int(listening.rsplit(":", 1)[1])
 
     async def stop(self) -> None:
         """SIGTERM (nats-server flushes its file store) and wait."""

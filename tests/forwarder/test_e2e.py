@@ -130,3 +130,29 @@ async def test_v5_gets_a_failure_puback_and_v311_is_disconnected_after_the_deadl
         finally:
             await trio.to_thread.run_sync(v5.stop)
             await trio.to_thread.run_sync(v311.stop)
+
+
+async def test_readyz_and_metrics_report_the_real_forwarder(
+    start_daemon: StartDaemon, jetstream: JetStreamNames
+) -> None:
+    from tests.registry.http import request
+
+    config = daemon_config(jetstream)
+    endpoints = await start_daemon(config)
+    http_port = port_of(endpoints.http)
+    client = Paho(port_of(endpoints.mqtt), "metrics-probe", V5)
+    with trio.fail_after(20):
+        ready = await request(http_port, "GET", "/readyz")
+        assert ready.status == 200, ready.body
+        assert ready.json()["checks"]["forwarder"] == "ok"
+        await trio.to_thread.run_sync(client.connect)
+        try:
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/m", b"1", 1))
+        finally:
+            await trio.to_thread.run_sync(client.stop)
+        metrics = await request(http_port, "GET", "/metrics", token=config.api_token)
+    assert metrics.status == 200
+    text = metrics.body.decode()
+    # One QoS 1 message went through JetStream: the ack latency histogram counted it.
+    assert 'mqttgate_forward_ack_latency_seconds_bucket{le="+Inf"} 1.0' in text
+    assert "mqttgate_forward_ack_latency_seconds_sum" in text

@@ -242,3 +242,19 @@ async def test_a_stream_deleted_at_runtime_is_created_again(aio_loop: Any, jetst
             assert forwarder.stats.publish_errors_total >= 1
         stored = await read_stream(jetstream.url, jetstream.stream)
     assert [s.headers["Nats-Msg-Id"] for s in stored] == ["after"]
+
+
+async def test_leaving_the_context_publishes_what_is_queued_and_waits_for_acks(
+    aio_loop: Any, jetstream: JetStreamNames
+) -> None:
+    config = config_for(jetstream, nats_max_pending=16)
+    with trio.fail_after(30):
+        async with open_forwarder(config) as forwarder:
+            tickets = [await forwarder.submit(message(msg_id=f"q-{index}")) for index in range(300)]
+            # A will message: QoS 1 through submit_nowait, nobody waits on it.
+            assert forwarder.submit_nowait(message(topic="will", msg_id=None))
+        assert forwarder.stats.forwarded_total[1] == 301
+        for ticket in tickets:
+            await ticket.wait()  # all completed during the drain
+        info = await js_call(jetstream.url, "stream_info", jetstream.stream)
+    assert info.state.messages == 301

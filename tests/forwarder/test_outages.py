@@ -9,7 +9,7 @@ import trio
 
 from mqttgate.forward import ForwardFailed
 from mqttgate.forwarder import JetStreamForwarder, open_forwarder
-from tests.conftest import JetStreamNames
+from tests.conftest import JetStreamNames, free_port
 from tests.forwarder.conftest import PrivateNats, js_call, read_stream
 from tests.forwarder.test_forwarder import DEVICE, config_for, message
 
@@ -127,7 +127,7 @@ async def test_paused_nats_pauses_submitters_and_memory_stays_bounded(
 
 
 async def test_start_degraded_then_connect_when_nats_appears(aio_loop: Any, tmp_path: Any) -> None:
-    server = PrivateNats(str(tmp_path / "late"))
+    server = PrivateNats(str(tmp_path / "late"), port=free_port())
     names = JetStreamNames(url=server.url, stream="LATE", prefix="lt")
     config = config_for(names, nats_startup_timeout=0.2, forward_timeout=20.0)
     try:
@@ -154,7 +154,7 @@ async def test_mismatched_stream_found_after_a_degraded_start_stops_the_forwarde
 
     from mqttgate.config import ConfigError
 
-    server = PrivateNats(str(tmp_path / "mismatch"))
+    server = PrivateNats(str(tmp_path / "mismatch"), port=free_port())
     names = JetStreamNames(url=server.url, stream="TAKEN", prefix="mm")
     config = config_for(names, nats_startup_timeout=0.2)
     caught: list[BaseException] = []
@@ -183,3 +183,33 @@ async def test_mismatched_stream_found_after_a_degraded_start_stops_the_forwarde
         else:
             leaves.append(leaf)
     assert [type(leaf) for leaf in leaves] == [ConfigError]
+
+
+async def test_tls_and_user_password(aio_loop: Any, tmp_path: Any) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    server = PrivateNats(
+        str(tmp_path / "tls"),
+        extra=("--tls", "--tlscert", str(cert_file), "--tlskey", str(key_file), "--user", "gw", "--pass", "s3cret"),
+    )
+    await server.start()
+    try:
+        names = JetStreamNames(url=f"tls://127.0.0.1:{server.port}", stream="TLS", prefix="tl")
+        wrong = config_for(names, nats_tls_ca=str(ca_file), nats_user="gw", nats_password="nope",
+                           nats_startup_timeout=1.0)  # fmt: skip
+        right = config_for(names, nats_tls_ca=str(ca_file), nats_user="gw", nats_password="s3cret")
+        with trio.fail_after(30):
+            async with open_forwarder(wrong) as forwarder:
+                assert not forwarder.ready()  # refused: degraded, retrying
+            async with open_forwarder(right) as forwarder:
+                assert forwarder.ready()
+                await (await forwarder.submit(message(msg_id="tls"))).wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.stop()

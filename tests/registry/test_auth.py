@@ -11,7 +11,7 @@ import trio
 from mqttgate.auth import AuthDenied, Identity
 from mqttgate.credentials import DeviceAuth, Hasher, VerifiedCache, new_password
 from mqttgate.protocol.reasons import ReasonCode
-from mqttgate.store import Store
+from mqttgate.store import Credential, Store
 from tests.conftest import free_port
 from tests.registry.conftest import TcpProxy, pg_port, proxied_url, registry_config
 
@@ -89,6 +89,7 @@ async def test_disabled_device_is_not_authorized_only_with_the_right_password(
     device_id, user, password = await provision(store, auth.hasher)
     await auth.authenticate(user, password.encode(), client_id="c", peer=PEER)  # cached now
     await store.set_disabled(device_id, True)
+    await until(lambda: user not in auth.cache)  # the NOTIFY dropped the entry
     assert await deny_reason(auth, user, password.encode()) == ReasonCode.NOT_AUTHORIZED
     assert await deny_reason(auth, user, b"guess") == ReasonCode.BAD_USER_NAME_OR_PASSWORD
     await store.set_disabled(device_id, False)
@@ -106,13 +107,15 @@ async def test_warm_cache_skips_argon2_and_rotation_invalidates_it(
         await auth.authenticate(user, password.encode(), client_id="c", peer=PEER)
     assert auth.hasher.verifications == verifications
     assert auth.cache.hits >= 20
-    # Rotation in *another* replica (no invalidate call here): the stored hash
-    # changed, so the cached entry no longer matches.
+    # Rotation in *another* replica (no invalidate call here): its NOTIFY drops
+    # the entry (test_credential_feed.py covers the race in detail).
     new = new_password()
     await store.set_password_hash(device_id, await auth.hasher.hash(new))
+    await until(lambda: user not in auth.cache)
     assert await deny_reason(auth, user, password.encode()) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
     await auth.authenticate(user, new.encode(), client_id="c", peer=PEER)
     await store.delete_device(device_id)
+    await until(lambda: user not in auth.cache)
     assert await deny_reason(auth, user, new.encode()) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
 
 
@@ -219,7 +222,12 @@ async def test_store_down_is_server_unavailable(
         auth = await make_auth(store, database_url)
         _, user, password = await provision(store, auth.hasher)
         await auth.authenticate(user, password.encode(), client_id="c", peer=PEER)
+        assert store.credentials_watched
         proxy.stop()  # PostgreSQL unreachable from now on
+        # The listener sees its connection cut (EOF) and clears the cache; until
+        # then a cached device would still be admitted (docs/api.md, trade-offs).
+        await until(lambda: not store.credentials_watched)
+        assert len(auth.cache) == 0
         for attempt in (password.encode(), b"wrong", password.encode()):
             assert await deny_reason(auth, user, attempt) == ReasonCode.SERVER_UNAVAILABLE
         await proxy.start(nursery)
@@ -236,6 +244,10 @@ async def test_parameter_upgrade_rehashes_on_login(store: Store, database_url: s
     await stronger.authenticate(user, password.encode(), client_id="c", peer=PEER)
 
 
+def cred(user: str, password_hash: str = "h") -> Credential:
+    return Credential(device_id="d-" + user, device_type="t", mqtt_user=user, password_hash=password_hash, disabled=False)
+
+
 def test_cache_is_bounded_and_holds_no_password() -> None:
     cache = VerifiedCache(size=2, ttl=60)
 
@@ -243,12 +255,16 @@ def test_cache_is_bounded_and_holds_no_password() -> None:
         for n in range(3):
             mac = cache.mac(f"u{n}", b"secret-password")
             assert b"secret-password" not in mac
-            cache.remember(f"u{n}", mac, "h")
+            cache.remember(f"u{n}", mac, cred(f"u{n}"))
         assert len(cache) == 2
         assert not cache.check("u0", cache.mac("u0", b"secret-password"), "h")
         assert cache.check("u2", cache.mac("u2", b"secret-password"), "h")
+        assert cache.lookup("u2", cache.mac("u2", b"secret-password")) == cred("u2")
         assert not cache.check("u2", cache.mac("u2", b"secret-password"), "other-hash")
         assert not cache.check("u2", cache.mac("u2", b"other"), "h")
+        assert cache.lookup("u2", cache.mac("u2", b"other")) is None
+        cache.clear()
+        assert len(cache) == 0 and cache.lookup("u2", cache.mac("u2", b"secret-password")) is None
 
     trio.run(main)
 
@@ -257,10 +273,11 @@ def test_cache_entries_expire() -> None:
     async def main() -> None:
         cache = VerifiedCache(size=10, ttl=0.05)
         mac = cache.mac("u", b"p")
-        cache.remember("u", mac, "h")
+        cache.remember("u", mac, cred("u"))
         assert cache.check("u", mac, "h")
         await trio.sleep(0.06)
         assert not cache.check("u", mac, "h")
+        assert cache.lookup("u", mac) is None and "u" not in cache
 
     trio.run(main)
 

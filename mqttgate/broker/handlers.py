@@ -1,0 +1,186 @@
+"""The handlers of the packets other than PUBLISH and CONNECT, for one connection.
+
+Each takes the :class:`~mqttgate.broker.connection.Connection` and the packet,
+acts synchronously (writes go to the connection's outbox) and returns False
+only to end the connection (DISCONNECT). ``Connection._read_loop`` looks them
+up in :data:`HANDLERS`; a packet type without an entry is a protocol error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mqttgate.logs import get_logger
+from mqttgate.protocol.codec import encode
+from mqttgate.protocol.packets import (
+    Auth,
+    Disconnect,
+    Pingreq,
+    Puback,
+    Pubcomp,
+    Pubrec,
+    Pubrel,
+    RetainHandling,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from mqttgate.protocol.reasons import GRANTED_QOS, MQTTError, ProtocolVersion, ReasonCode
+from mqttgate.protocol.session import Message, SubOptions
+from mqttgate.protocol.topics import parse_shared, validate_topic_filter
+
+if TYPE_CHECKING:
+    from mqttgate.broker.connection import Connection
+
+log = get_logger("broker")
+
+_V5 = ProtocolVersion.V5
+_R = ReasonCode
+_PINGRESP = b"\xd0\x00"
+#: The reasons a client's DISCONNECT may carry that keep the Will (v5 section 3.14.2.1).
+_WILL_KEEPING = frozenset({_R.DISCONNECT_WITH_WILL_MESSAGE})
+
+
+def on_puback(conn: Connection, packet: Puback) -> None:
+    handle = conn.handle
+    assert handle is not None
+    if handle.session.on_puback(packet.packet_id) and handle.session.queue:
+        handle.pump()
+
+
+def on_pubrec(conn: Connection, packet: Pubrec) -> None:
+    handle = conn.handle
+    assert handle is not None
+    pubrel = handle.session.on_pubrec(packet.packet_id, packet.reason_code)
+    if pubrel is not None:
+        conn.write(encode(pubrel, conn.version))
+    elif handle.session.queue:
+        handle.pump()
+
+
+def on_pubrel(conn: Connection, packet: Pubrel) -> None:
+    session = conn.handle.session  # type: ignore[union-attr]
+    pid = packet.packet_id
+    if pid in session.awaiting_release:
+        session.released(pid)
+        session.inbound_done(pid)
+        conn.write(b"\x70\x02" + pid.to_bytes(2, "big"))
+    else:
+        # v5 [MQTT-4.3.3-?]: PUBCOMP 0x92 for an unknown id; 3.1.1 plain PUBCOMP.
+        conn.write(encode(Pubcomp(pid, _R.PACKET_IDENTIFIER_NOT_FOUND), conn.version))
+
+
+def on_pubcomp(conn: Connection, packet: Pubcomp) -> None:
+    handle = conn.handle
+    assert handle is not None
+    if handle.session.on_pubcomp(packet.packet_id) and handle.session.queue:
+        handle.pump()
+
+
+def on_subscribe(conn: Connection, packet: Subscribe) -> None:
+    broker = conn.broker
+    limits = broker.limits
+    handle = conn.handle
+    assert handle is not None
+    session = handle.session
+    v5 = conn.version == _V5
+    ids = packet.properties.subscription_identifiers
+    sub_id = ids[0] if ids else None
+    codes: list[ReasonCode] = []
+    retained: list[tuple[Message, int, tuple[int, ...]]] = []
+    now = trio.current_time()
+    for sub in packet.subscriptions:
+        topic_filter = sub.topic_filter
+        try:
+            validate_topic_filter(
+                topic_filter, max_length=limits.max_topic_length, max_levels=limits.max_topic_levels
+            )
+            shared = parse_shared(topic_filter)
+        except MQTTError:
+            codes.append(_R.TOPIC_FILTER_INVALID)
+            continue
+        if shared is not None and sub.no_local:
+            # v5 [MQTT-3.8.3-4]
+            raise MQTTError(_R.PROTOCOL_ERROR, "No Local on a shared subscription")
+        if conn.acl is not None and not conn.acl.may_subscribe(topic_filter):
+            broker.stats.subscribe_denied += 1
+            log.info(
+                "subscribe_denied",
+                conn_id=conn.conn_id,
+                client_id=conn.client_id,
+                topic_filter=topic_filter,
+            )
+            codes.append(_R.NOT_AUTHORIZED)
+            continue
+        existed = topic_filter in session.subscriptions
+        if not existed and len(session.subscriptions) >= limits.max_subscriptions:
+            codes.append(_R.QUOTA_EXCEEDED)
+            continue
+        opts = SubOptions(sub.qos, sub.no_local, sub.retain_as_published, sub_id)
+        broker.router.subscribe(conn.client_id, topic_filter, opts)
+        session.subscriptions[topic_filter] = opts
+        codes.append(GRANTED_QOS[sub.qos])
+        # v5 section 3.3.1.3: retained messages are not sent for shared subscriptions.
+        if shared is None and (
+            sub.retain_handling == RetainHandling.SEND
+            or (sub.retain_handling == RetainHandling.SEND_IF_NEW and not existed)
+        ):
+            for message in broker.router.retained_for(topic_filter, now):
+                qos = sub.qos if sub.qos < message.qos else message.qos
+                retained.append((message, qos, () if sub_id is None else (sub_id,)))
+    if not v5:
+        codes = [c if c <= _R.GRANTED_QOS_2 else _R.UNSPECIFIED_ERROR for c in codes]
+    conn.write(encode(Suback(packet.packet_id, tuple(codes)), conn.version))
+    for message, qos, sub_ids in retained:
+        # v5 [MQTT-3.3.1-8], v311 [MQTT-3.3.1-8]: retained on subscription keeps RETAIN=1.
+        handle.deliver(message, qos, True, sub_ids)
+
+
+def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+    broker = conn.broker
+    session = conn.handle.session  # type: ignore[union-attr]
+    codes = []
+    for topic_filter in packet.topic_filters:
+        removed = broker.router.unsubscribe(conn.client_id, topic_filter)
+        session.subscriptions.pop(topic_filter, None)
+        codes.append(_R.SUCCESS if removed else _R.NO_SUBSCRIPTION_EXISTED)
+    conn.write(encode(Unsuback(packet.packet_id, tuple(codes)), conn.version))
+
+
+def on_pingreq(conn: Connection, packet: Pingreq) -> None:
+    conn.write(_PINGRESP)
+
+
+def on_disconnect(conn: Connection, packet: Disconnect) -> bool:
+    expiry = packet.properties.session_expiry_interval
+    if expiry is not None:
+        if conn.connect_expiry == 0 and expiry != 0:
+            # v5 [MQTT-3.14.2-2]
+            raise MQTTError(
+                _R.PROTOCOL_ERROR, "Session Expiry set on DISCONNECT after 0 on CONNECT"
+            )
+        handle = conn.handle
+        assert handle is not None
+        handle.session.expiry = min(expiry, conn.broker.limits.max_session_expiry)
+    conn.abnormal = packet.reason_code in _WILL_KEEPING
+    return False
+
+
+def on_auth(conn: Connection, packet: Auth) -> None:
+    raise MQTTError(_R.PROTOCOL_ERROR, "AUTH without enhanced authentication")
+
+
+HANDLERS: dict[type, Any] = {
+    Puback: on_puback,
+    Pubrec: on_pubrec,
+    Pubrel: on_pubrel,
+    Pubcomp: on_pubcomp,
+    Subscribe: on_subscribe,
+    Unsubscribe: on_unsubscribe,
+    Pingreq: on_pingreq,
+    Disconnect: on_disconnect,
+    Auth: on_auth,
+}
