@@ -160,8 +160,16 @@ def _is_unavailable(error: BaseException) -> bool:
         # shutdown, terminated backend, cannot connect now), 53 insufficient
         # resources (too many connections).
         return str(getattr(error, "sqlstate", "") or "")[:2] in ("08", "57", "53")
+    # InternalClientError ("cannot switch to state ...") is what a pooled
+    # connection whose backend was just terminated raises before asyncpg has
+    # noticed the socket closed: the connection is broken, not our query.
     return isinstance(
-        error, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+        error,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InternalClientError,
     )
 
 
@@ -491,6 +499,11 @@ class Store:
         except Exception as error:
             if not _is_unavailable(error):
                 raise
+            # Whatever broke one pooled connection (a restart, terminated
+            # backends) broke the others too: replace them all on next use.
+            with trio.move_on_after(1):
+                with contextlib.suppress(Exception):
+                    await aio_as_trio(self._pool.expire_connections)()
             if self._available:
                 self._available = False
                 log.warning("store_unavailable", error=type(error).__name__)

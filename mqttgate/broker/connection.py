@@ -7,10 +7,11 @@ then handle every complete packet before reading again. Plain TCP connections
 are served on the bare socket (``sock``: non-blocking ``recv_into`` a buffer
 shared by all connections, ``wait_readable`` only when there is nothing to
 read); other streams (TLS, tests' memory streams) through ``receive_some``.
-The connection's one cancel scope carries the read deadline (CONNECT:
-``connect_timeout``; then keep alive x 1.5, v5 [MQTT-3.1.2-22], v311
-[MQTT-3.1.2-24]), moved forward as data arrives, and is what ``kick``
-cancels. An idle connection is one task, one cancel scope, a decoder and its
+Every read has a deadline (CONNECT: ``connect_timeout``; then keep alive x
+1.5, v5 [MQTT-3.1.2-22], v311 [MQTT-3.1.2-24]), moved forward as data
+arrives: for plain TCP a number (``deadline``) the broker's housekeeping
+checks twice a second (``expire``), for streams the deadline of the
+connection's one cancel scope, which is also what ``kick`` cancels. An idle connection is one task, one cancel scope, a decoder and its
 session: no nursery, no per-read objects.
 
 Everything sent goes through :meth:`Connection.write`, which appends bytes to
@@ -88,6 +89,8 @@ log = get_logger("broker")
 _V5 = ProtocolVersion.V5
 _R = ReasonCode
 _INF = math.inf
+_CONNACK_V311 = b"\x20\x02\x00\x00"  # CONNACK, length 2, session present 0, return code 0
+_CONNACK_V311_PRESENT = b"\x20\x02\x01\x00"  # CONNACK, length 2, session present 1, return code 0
 _checkpoint = trio.lowlevel.checkpoint
 _wait_readable = trio.lowlevel.wait_readable
 _current_time = trio.current_time
@@ -473,14 +476,19 @@ class Connection:
         self.will = connect.will
         self.peer_max_packet_size = plan.peer_max_packet_size
         handle.session.window = min(config.max_inflight, plan.peer_receive_maximum)
-        connack = connack_for(
-            plan,
-            self.version,
-            limits,
-            session_present=present,
-            requested_expiry=connect.properties.session_expiry_interval if self.version == _V5 else None,
-        )
-        self.write(encode(connack, self.version))
+        if self.version == _V5:
+            connack = connack_for(
+                plan,
+                self.version,
+                limits,
+                session_present=present,
+                requested_expiry=connect.properties.session_expiry_interval,
+            )
+            self.write(encode(connack, self.version))
+        else:
+            # A 3.1.1 CONNACK accepting the connection has no variable part but
+            # Session Present (v311 section 3.2): two constants.
+            self.write(_CONNACK_V311_PRESENT if present else _CONNACK_V311)
         self.connected = True
         self.connected_at = time.time()
         broker.stats.connects_total += 1
