@@ -64,6 +64,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from mqttgate.acl import AclPolicy, CompiledAcl
 from mqttgate.auth import AuthDenied, Identity
 from mqttgate.config import Config
+from mqttgate.histogram import LatencyHistogram
 from mqttgate.logs import get_logger
 from mqttgate.protocol.reasons import ReasonCode
 from mqttgate.store import Credential, Store, StoreUnavailable
@@ -76,6 +77,10 @@ PASSWORD_BYTES = 24
 
 def new_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+#: argon2 costs tens of milliseconds; queueing can add seconds in a storm.
+ARGON2_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Hasher:
@@ -94,15 +99,21 @@ class Hasher:
         #: Each running computation holds argon2_memory_kib of RAM; this bounds it.
         self.limiter = trio.CapacityLimiter(threads)
         self.verifications = 0
+        #: Wall time of each verification, queueing for a thread included.
+        self.verify_seconds = LatencyHistogram(bounds=ARGON2_BUCKETS_S)
 
     async def hash(self, password: str) -> str:
         return await trio.to_thread.run_sync(self._hasher.hash, password, limiter=self.limiter)
 
     async def verify(self, password_hash: str, password: str) -> bool:
         self.verifications += 1
-        return await trio.to_thread.run_sync(
-            self._verify_sync, password_hash, password, limiter=self.limiter
-        )
+        started = trio.current_time()
+        try:
+            return await trio.to_thread.run_sync(
+                self._verify_sync, password_hash, password, limiter=self.limiter
+            )
+        finally:
+            self.verify_seconds.observe(trio.current_time() - started)
 
     def _verify_sync(self, password_hash: str, password: str) -> bool:
         try:

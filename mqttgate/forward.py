@@ -45,6 +45,12 @@ class ForwardFailed(Exception):
     """The message was not stored upstream before the deadline."""
 
 
+class ForwardRefused(ForwardFailed):
+    """The message can never be forwarded (its topic has no NATS subject:
+    whitespace, DEL or NUL in the topic). Retrying cannot help, so the broker
+    answers v5 PUBACK/PUBREC 0x90 and acknowledges-and-drops on 3.1.1."""
+
+
 class Ticket(Protocol):
     async def wait(self) -> None:
         """Return once the message is stored upstream; raise ForwardFailed otherwise."""

@@ -59,7 +59,7 @@ from trio_asyncio import aio_as_trio
 
 from mqttgate import nats_conn
 from mqttgate.config import Config, ConfigError
-from mqttgate.forward import ForwardFailed, ForwardMessage, Ticket
+from mqttgate.forward import ForwardFailed, ForwardMessage, ForwardRefused, Ticket
 from mqttgate.forwarder_stats import ForwarderStats, LatencyHistogram, RateLimited
 from mqttgate.headers import ANONYMOUS_DEVICE, message_headers
 from mqttgate.logs import get_logger
@@ -83,10 +83,6 @@ __all__ = [
     "LatencyHistogram",
     "open_forwarder",
 ]
-
-
-class ForwardRefused(ForwardFailed):
-    """The message can never be forwarded (its topic has no NATS subject)."""
 
 
 # ---------------------------------------------------------------- tickets
@@ -598,18 +594,30 @@ class JetStreamForwarder:
             await self._idle.wait()
 
     async def close(self) -> None:
-        """Flush and close the NATS connection (shielded, bounded)."""
+        """Flush and close the NATS connection (shielded, bounded).
+
+        The flush and drain get what is left of the caller's deadline (the
+        supervisor's shutdown deadline), at most 5 s: once it passed (we are
+        being cancelled, the effective deadline is -inf) only the close runs,
+        so a paused or unreachable NATS cannot hold the exit past
+        ``shutdown_timeout``.
+        """
         nc = self._nc
         if nc is None:
             return
-        with trio.move_on_after(5, shield=True):
+        budget = min(5.0, trio.current_effective_deadline() - trio.current_time())
+        with trio.move_on_after(max(budget, 0.0), shield=True):
             try:
                 if nc.is_connected:
-                    await aio_as_trio(nc.flush)(2)
+                    await aio_as_trio(nc.flush)(min(2.0, budget))
                 await aio_as_trio(nc.drain)()
+                return
             except Exception:  # drain raises while reconnecting (stack-notes 1.3)
-                with contextlib.suppress(Exception):
-                    await aio_as_trio(nc.close)()
+                pass
+        # Not drained (error, or out of time): close without waiting for NATS.
+        with trio.move_on_after(1, shield=True):
+            with contextlib.suppress(Exception):
+                await aio_as_trio(nc.close)()
 
 
 def _server_name(url: Any) -> str | None:

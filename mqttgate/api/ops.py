@@ -197,6 +197,13 @@ class MqttgateCollector(Collector):
     def _auth(self, authenticator: Any) -> Iterator[Metric]:
         cache = getattr(authenticator, "cache", None)
         hasher = getattr(authenticator, "hasher", None)
+        verify_seconds = getattr(hasher, "verify_seconds", None)
+        if verify_seconds is not None:
+            yield _histogram(
+                PREFIX + "auth_argon2_verify_seconds",
+                "argon2id password verification time, waiting for a thread included",
+                verify_seconds,
+            )
         values = {
             "auth_cache_hits": (getattr(cache, "hits", None), "counter", "Logins answered from the verified-credential cache"),
             "auth_cache_misses": (getattr(cache, "misses", None), "counter", "Logins that needed an argon2 verification"),

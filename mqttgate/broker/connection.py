@@ -51,7 +51,7 @@ import trio
 from mqttgate.auth import ANONYMOUS, Acl, AuthDenied, Identity
 from mqttgate.broker.delivery import SessionHandle
 from mqttgate.broker.handlers import HANDLERS
-from mqttgate.forward import DONE, ForwardFailed, ForwardMessage
+from mqttgate.forward import DONE, ForwardFailed, ForwardMessage, ForwardRefused
 from mqttgate.logs import get_logger
 from mqttgate.protocol.codec import Decoder, encode
 from mqttgate.protocol.packets import (
@@ -123,6 +123,8 @@ class Connection:
         "keepalive",
         "nursery",
         "out",
+        "out_alias_max",
+        "out_aliases",
         "out_bytes",
         "peer",
         "peer_max_packet_size",
@@ -161,6 +163,10 @@ class Connection:
         self.will: Will | None = None
         self.aliases: dict[int, str] | None = None
         self.peer_max_packet_size: int | None = None
+        #: v5 outbound Topic Aliases (topic -> alias) when the client allows
+        #: them (its Topic Alias Maximum), else None (delivery.encode_aliased).
+        self.out_aliases: dict[str, int] | None = None
+        self.out_alias_max = 0
         self.out: list[bytes] = []
         self.out_bytes = 0
         #: On the broker's dirty list.
@@ -475,6 +481,9 @@ class Connection:
         self.connect_expiry = plan.session_expiry
         self.will = connect.will
         self.peer_max_packet_size = plan.peer_max_packet_size
+        if self.version == _V5 and connect.properties.topic_alias_maximum:
+            self.out_aliases = {}
+            self.out_alias_max = connect.properties.topic_alias_maximum
         handle.session.window = min(config.max_inflight, plan.peer_receive_maximum)
         if self.version == _V5:
             connack = connack_for(
@@ -651,7 +660,13 @@ class Connection:
                 reason = self.close_reason
                 if reason is not None and self.connected and self.version == _V5:
                     props = _reason_props(self.version, _CLOSE_DETAIL.get(reason, ""))
-                    self.write(encode(Disconnect(reason, props), _V5))
+                    data = encode(Disconnect(reason, props), _V5)
+                    peer_max = self.peer_max_packet_size
+                    if peer_max is not None and len(data) > peer_max:
+                        # v5 [MQTT-3.1.2-24]: never larger than the client's
+                        # Maximum Packet Size; the Reason String is what can go.
+                        data = encode(Disconnect(reason), _V5)
+                    self.write(data)
                 await self._drain()
             for task_scope in (self.writer_scope, self.acker_scope):
                 if task_scope is not None:
@@ -840,6 +855,14 @@ class Connection:
             reason = _R.SUCCESS
             try:
                 await ticket.wait()
+            except ForwardRefused:
+                # The topic can never become a NATS subject: retrying (the
+                # 3.1.1 disconnect below) would loop forever. v5: "Topic Name
+                # not accepted" (v5 section 3.4.2.1); 3.1.1 has no negative
+                # ack, so acknowledge and drop, counted.
+                stats.forward_refused += 1
+                if self.version == _V5:
+                    reason = _R.TOPIC_NAME_INVALID
             except ForwardFailed as failure:
                 stats.forward_failed += 1
                 log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))

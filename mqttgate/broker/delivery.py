@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from mqttgate.broker.stats import BrokerStats
 from mqttgate.logs import get_logger
 from mqttgate.protocol.codec import encode
@@ -45,6 +47,32 @@ if TYPE_CHECKING:
 log = get_logger("broker")
 
 _V5 = ProtocolVersion.V5
+
+
+def encode_aliased(conn: Connection, publish: Publish) -> tuple[bytes, int | None]:
+    """Encode a v5 PUBLISH using the connection's outbound Topic Aliases.
+
+    The client's Topic Alias Maximum (v5 section 3.1.2.11.5) allows that many
+    aliases; the first topics sent get 1..maximum for the life of the
+    connection (no replacement). A topic with an alias already sent goes out
+    with an empty Topic Name (v5 section 3.3.2.3.4). Returns the bytes and the
+    alias to record once they are actually written (None: nothing new), so a
+    PUBLISH dropped for its size never establishes an alias.
+    """
+    aliases = conn.out_aliases
+    assert aliases is not None
+    topic = publish.topic
+    alias = aliases.get(topic)
+    if alias is not None:
+        aliased = attrs.evolve(
+            publish, topic="", properties=attrs.evolve(publish.properties, topic_alias=alias)
+        )
+        return encode(aliased, _V5), None
+    if len(aliases) < conn.out_alias_max:
+        alias = len(aliases) + 1
+        aliased = attrs.evolve(publish, properties=attrs.evolve(publish.properties, topic_alias=alias))
+        return encode(aliased, _V5), alias
+    return encode(publish, _V5), None
 
 
 class Overload:
@@ -160,27 +188,43 @@ class SessionHandle:
             if message.expires_at is not None and message.expires_at <= self.now():
                 self.stats.messages_expired += 1
                 return
-            key = (version, retain, sub_ids)
-            cache = message.cache
-            if cache is None:
-                cache = message.cache = {}
-            data = cache.get(key) if message.expires_at is None else None
-            if data is None:
+            new_alias = None
+            if conn.out_aliases is not None:
+                # Encoded for this connection only: the alias is per connection.
                 props = message.properties
-                if version == _V5 and (sub_ids or message.expires_at is not None):
+                if sub_ids or message.expires_at is not None:
                     fresh = outgoing_properties(message, sub_ids, self.now())
                     if fresh is None:
                         self.stats.messages_expired += 1
                         return
                     props = fresh
-                data = encode(Publish(message.topic, message.payload, 0, retain, False, None, props), version)
-                if message.expires_at is None:
-                    cache[key] = data
+                data, new_alias = encode_aliased(
+                    conn, Publish(message.topic, message.payload, 0, retain, False, None, props)
+                )
+            else:
+                key = (version, retain, sub_ids)
+                cache = message.cache
+                if cache is None:
+                    cache = message.cache = {}
+                data = cache.get(key) if message.expires_at is None else None
+                if data is None:
+                    props = message.properties
+                    if version == _V5 and (sub_ids or message.expires_at is not None):
+                        fresh = outgoing_properties(message, sub_ids, self.now())
+                        if fresh is None:
+                            self.stats.messages_expired += 1
+                            return
+                        props = fresh
+                    data = encode(Publish(message.topic, message.payload, 0, retain, False, None, props), version)
+                    if message.expires_at is None:
+                        cache[key] = data
             peer_max = conn.peer_max_packet_size
             if peer_max is not None and len(data) > peer_max:
                 # v5 [MQTT-3.1.2-25]: discard what the client cannot take.
                 self.stats.too_large_dropped += 1
                 return
+            if new_alias is not None:
+                conn.out_aliases[message.topic] = new_alias  # type: ignore[index]
             self.stats.messages_out[0] += 1
             conn.write(data)
             if conn.out_bytes >= self.limit // 2:
@@ -220,13 +264,21 @@ class SessionHandle:
             self.stats.messages_expired += 1
             return
         publish = self.session.start(message.topic, message.payload, qos, retain, props)
-        data = encode(publish, conn.version)
+        new_alias = None
+        if conn.out_aliases is not None:
+            # The session keeps the PUBLISH with its topic (a resend goes to a
+            # new connection, whose aliases start empty); only the bytes carry the alias.
+            data, new_alias = encode_aliased(conn, publish)
+        else:
+            data = encode(publish, conn.version)
         peer_max = conn.peer_max_packet_size
         if peer_max is not None and len(data) > peer_max:
             # v5 [MQTT-3.1.2-25]
             self.session.forget(publish.packet_id)  # type: ignore[arg-type]
             self.stats.too_large_dropped += 1
             return
+        if new_alias is not None:
+            conn.out_aliases[message.topic] = new_alias  # type: ignore[index]
         self.stats.messages_out[qos] += 1
         conn.write(data)
 

@@ -39,6 +39,8 @@ class BrokerStats:
     forward_dropped: int = 0
     #: QoS 1/2 messages whose forward failed (v5 0x80 / 3.1.1 disconnect).
     forward_failed: int = 0
+    #: PUBLISHes whose topic has no NATS subject (answered 0x90 / acked and dropped).
+    forward_refused: int = 0
     protocol_errors: int = 0
     keepalive_timeouts: int = 0
     takeovers: int = 0

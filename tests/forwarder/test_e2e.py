@@ -156,3 +156,28 @@ async def test_readyz_and_metrics_report_the_real_forwarder(
     # One QoS 1 message went through JetStream: the ack latency histogram counted it.
     assert 'mqttgate_forward_ack_latency_seconds_bucket{le="+Inf"} 1.0' in text
     assert "mqttgate_forward_ack_latency_seconds_sum" in text
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+async def test_a_topic_with_no_nats_subject_is_refused_not_retried(
+    start_daemon: StartDaemon, jetstream: JetStreamNames, version: int
+) -> None:
+    # "a b" is a valid MQTT topic but no NATS subject can carry it
+    # (docs/topics-and-subjects.md). Retrying could never succeed, so the
+    # client is told (v5: PUBACK 0x90) or acknowledged-and-dropped (3.1.1, no
+    # negative ack), never disconnected into a retransmission loop.
+    port = port_of((await start_daemon(daemon_config(jetstream))).mqtt)
+    client = Paho(port, f"refused-{version}", version)
+    with trio.fail_after(20):
+        await trio.to_thread.run_sync(client.connect)
+        try:
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/a b", b"x", 1))
+            ack = await trio.to_thread.run_sync(lambda: client.wait("puback"))
+            assert ack[2] == (0x90 if version == V5 else 0)
+            # The connection survived and still forwards.
+            await trio.to_thread.run_sync(lambda: client.publish("sensors/ok", b"y", 1))
+            assert (await trio.to_thread.run_sync(lambda: client.wait("puback")))[2] == 0
+        finally:
+            await trio.to_thread.run_sync(client.stop)
+    stored = await stream_contents(jetstream.url, jetstream.stream)
+    assert [s.headers["Mqtt-Topic"] for s in stored] == ["sensors/ok"]

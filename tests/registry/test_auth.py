@@ -93,6 +93,9 @@ async def test_disabled_device_is_not_authorized_only_with_the_right_password(
     assert await deny_reason(auth, user, password.encode()) == ReasonCode.NOT_AUTHORIZED
     assert await deny_reason(auth, user, b"guess") == ReasonCode.BAD_USER_NAME_OR_PASSWORD
     await store.set_disabled(device_id, False)
+    # The refusal above cached the disabled row; the enable's NOTIFY drops it
+    # (the API also invalidates directly, in its own process).
+    await until(lambda: user not in auth.cache)
     await auth.authenticate(user, password.encode(), client_id="c", peer=PEER)
 
 

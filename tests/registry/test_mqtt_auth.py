@@ -160,3 +160,25 @@ async def test_postgres_down_refuses_new_connects_but_connected_devices_keep_pub
     back = Device(daemon.mqtt_port, other["mqtt_user"], other["mqtt_password"], v5=True)
     assert await back.connect() == 0
     await back.close()
+
+
+async def test_metrics_count_logins_and_argon2_time(daemon: Daemon) -> None:
+    device = await provision(daemon)
+    for _ in range(2):  # the second login is answered from the verified cache
+        client = Device(daemon.mqtt_port, device["mqtt_user"], device["mqtt_password"], v5=True)
+        assert await client.connect() == 0
+        await client.close()
+    refused = Device(daemon.mqtt_port, device["mqtt_user"], "wrong", v5=True)
+    assert await refused.connect() == R.BAD_USER_NAME_OR_PASSWORD
+    reply = await request(daemon.http_port, "GET", "/metrics", token=daemon.token)
+    assert reply.status == 200
+    samples = {}
+    for line in reply.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    assert samples['mqttgate_connects_denied_total{reason="BAD_USER_NAME_OR_PASSWORD"}'] >= 1
+    assert samples["mqttgate_auth_cache_hits_total"] >= 1
+    # Two argon2 verifications at least (first login, wrong password), each timed.
+    assert samples['mqttgate_auth_argon2_verify_seconds_bucket{le="+Inf"}'] >= 2
+    assert samples["mqttgate_auth_argon2_verify_seconds_sum"] > 0

@@ -1,0 +1,152 @@
+"""Conformance scenarios from the MQTT 3.1.1 / 5.0 normative statements.
+
+Modelled on the scenarios of Eclipse Paho's interoperability suite
+(``client_test.py``, ``client_test5.py``) and on hostile input. Bytes are
+written by hand from the specs (tests/broker/raw.py), not by mqttgate's codec.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from mqttgate.auth import AnonymousAuth
+from mqttgate.broker import Broker
+from mqttgate.forward import NullForwarder
+from tests.broker.raw import RawClient, connect, frame, publish, s, subscribe
+from tests.conftest import make_config, port_of
+
+
+def make_broker(**config: object) -> Broker:
+    return Broker(make_config(**config), AnonymousAuth(), NullForwarder())
+
+
+async def open_client(nursery: trio.Nursery, broker: Broker) -> RawClient:
+    client_side, server_side = trio.testing.memory_stream_pair()
+    nursery.start_soon(broker.serve_stream, server_side, "memory")
+    return RawClient(client_side)
+
+
+def props(*items: bytes) -> bytes:
+    body = b"".join(items)
+    return bytes([len(body)]) + body
+
+
+async def test_server_topic_aliases_up_to_the_clients_maximum(nursery: trio.Nursery) -> None:
+    # v5 section 3.3.2.3.4, [MQTT-3.1.2-26]: the server may use aliases up to the
+    # client's Topic Alias Maximum; later PUBLISHes of an aliased topic have an
+    # empty Topic Name. (Paho's interoperability test_server_topic_alias expects it.)
+    broker = make_broker()
+    with trio.fail_after(5):
+        client = await open_client(nursery, broker)
+        await client.send(connect("alias", version=5, props=props(b"\x22\x00\x02")))  # Topic Alias Maximum 2
+        assert (await client.packet() or b"")[3] == 0x00
+        await client.send(subscribe(1, "ta/#", 1, v5=True))
+        assert await client.packet() == bytes([0x90, 0x04, 0x00, 0x01, 0x00, 0x01])
+        for topic in ("ta/x", "ta/x", "ta/y", "ta/z"):
+            await client.send(publish(topic, b"m", v5=True))
+        assert await client.packet() == frame(0x30, s("ta/x") + b"\x03\x23\x00\x01" + b"m")
+        assert await client.packet() == frame(0x30, s("") + b"\x03\x23\x00\x01" + b"m")
+        assert await client.packet() == frame(0x30, s("ta/y") + b"\x03\x23\x00\x02" + b"m")
+        # The maximum is used up: no alias for a third topic.
+        assert await client.packet() == frame(0x30, s("ta/z") + b"\x00" + b"m")
+        # QoS 1 uses the aliases too.
+        await client.send(publish("ta/y", b"q", qos=1, packet_id=5, v5=True))
+        got = [await client.packet(), await client.packet()]
+        assert frame(0x32, s("") + b"\x00\x01" + b"\x03\x23\x00\x02" + b"q") in got
+        assert bytes([0x40, 0x02, 0x00, 0x05]) in got
+
+
+async def test_no_server_topic_aliases_without_client_maximum(nursery: trio.Nursery) -> None:
+    # v5 [MQTT-3.1.2-27]: Topic Alias Maximum absent or 0: no aliases to the client.
+    broker = make_broker()
+    with trio.fail_after(5):
+        client = await open_client(nursery, broker)
+        await client.send(connect("noalias", version=5, props=props(b"\x22\x00\x00")))
+        await client.packet()
+        await client.send(subscribe(1, "na/#", 0, v5=True))
+        await client.packet()
+        for _ in range(2):
+            await client.send(publish("na/x", b"m", v5=True))
+            assert await client.packet() == frame(0x30, s("na/x") + b"\x00" + b"m")
+
+
+async def _wait_idle(broker: Broker) -> None:
+    """Until every connection is gone (bounded by the caller's fail_after)."""
+    while broker.stats.connections_current or broker._conns:
+        await trio.sleep(0.05)
+
+
+async def test_hostile_input_never_leaks_a_connection(nursery: trio.Nursery) -> None:
+    broker = make_broker(connect_timeout=0.5, max_subscriptions=10, max_topic_levels=8)
+    shutdown = trio.Event()
+    port = port_of(await nursery.start(broker.serve, shutdown))
+    with trio.fail_after(15):
+        # A huge Remaining Length, then nothing: refused at once (over max_packet_size).
+        huge = await RawClient.open(port)
+        await huge.send(b"\x10\xff\xff\xff\x7f")
+        assert await huge.eof()
+        # A CONNECT that never completes (slow loris): ended by connect_timeout.
+        loris = await RawClient.open(port)
+        await loris.send(connect("loris")[:5])
+        assert await loris.eof()
+        # Packets before CONNECT: closed (v311 [MQTT-3.1.0-1]).
+        early = await RawClient.open(port)
+        await early.send(publish("x", b"y") * 50)
+        assert await early.eof()
+        # Thousands of filters in one SUBSCRIBE: all answered, at most max_subscriptions granted.
+        many = await RawClient.open(port)
+        await many.send(connect("many", version=5))
+        await many.packet()
+        filters = b"".join(s(f"m/{i}") + b"\x01" for i in range(3000))
+        await many.send(frame(0x82, b"\x00\x07\x00" + filters))
+        suback = await many.packet()
+        assert suback is not None
+        codes = suback[-3000:]
+        assert codes.count(0x01) == 10 and codes.count(0x97) == 2990  # v5 0x97 Quota exceeded
+        assert [c.subscriptions for c in broker.clients()] == [10]
+        # Too deep a topic: v5 DISCONNECT 0x90 Topic Name invalid.
+        await many.send(publish("a/" * 20 + "x", b"", v5=True))
+        assert await many.packet() == bytes([0xE0, 0x01, 0x90])
+        assert await many.eof()
+        # AUTH when CONNECT had no Authentication Method: protocol error (v5 section 4.12).
+        auth = await RawClient.open(port)
+        await auth.send(connect("auth", version=5))
+        await auth.packet()
+        await auth.send(b"\xf0\x00")
+        assert await auth.packet() == bytes([0xE0, 0x01, 0x82])
+        assert await auth.eof()
+        # Packets after DISCONNECT are not processed (v5 [MQTT-3.14.4-1]).
+        after = await RawClient.open(port)
+        await after.send(connect("after") + b"\xe0\x00" + b"\xc0\x00")
+        assert await after.packet() == bytes([0x20, 0x02, 0x00, 0x00])
+        assert await after.eof()
+        assert not after.buf  # no PINGRESP
+        for client in (huge, loris, early, many, auth, after):
+            await client.aclose()
+        await _wait_idle(broker)
+    assert broker.stats.connections_current == 0
+    shutdown.set()
+
+
+async def test_disconnect_fits_the_clients_maximum_packet_size(nursery: trio.Nursery) -> None:
+    # v5 [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet Size,
+    # so the DISCONNECT 0x8E of a takeover loses its Reason String.
+    broker = make_broker()
+    with trio.fail_after(5):
+        small = await open_client(nursery, broker)
+        await small.send(connect("mps", version=5, props=props(b"\x27\x00\x00\x00\x10")))  # 16 bytes
+        await small.packet()
+        roomy = await open_client(nursery, broker)
+        await roomy.send(connect("mps2", version=5))
+        await roomy.packet()
+        newer = await open_client(nursery, broker)
+        await newer.send(connect("mps", version=5))
+        assert await small.packet() == bytes([0xE0, 0x01, 0x8E])
+        assert await small.eof()
+        assert (await newer.packet() or b"")[0] == 0x20
+        # Without a limit the Reason String is sent.
+        newest = await open_client(nursery, broker)
+        await newest.send(connect("mps2", version=5))
+        taken = await roomy.packet()
+        assert taken is not None and taken[2] == 0x8E and b"another connection" in taken
