@@ -335,7 +335,7 @@ class Config:
         shown_default="1d",
     )
     topic_alias_maximum: int = setting(
-        32, int_range(0, 65535), "Topic aliases a v5 client may use towards us"
+        32, int_range(0, 65535), "Topic aliases a v5 client may use towards us; towards a client we use at most this many and at most its own Topic Alias Maximum"
     )
     max_outbox_bytes: int = setting(
         256 * 1024, parse_size,

@@ -33,7 +33,9 @@ read instead of having its messages dropped.
 The one place errors become bytes is :meth:`Connection._fail`: an
 :class:`MQTTError` before CONNACK is answered with a CONNACK (v5 reason, or
 the 3.1.1 return code where one exists), after it with a v5 DISCONNECT; 3.1.1
-connections are just closed (v311 [MQTT-4.8.0-1]).
+connections are just closed (v311 [MQTT-4.8.0-1]). A plain TCP connection
+is closed by half-closing it and discarding input until the client's EOF
+(``_linger``), so a client still writing does not get RST before our last bytes.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ log = get_logger("broker")
 _V5 = ProtocolVersion.V5
 _R = ReasonCode
 _INF = math.inf
+#: Longest wait for the peer's EOF after our half-close (Connection._linger).
+_LINGER = 1.0
 _CONNACK_V311 = b"\x20\x02\x00\x00"  # CONNACK, length 2, session present 0, return code 0
 _CONNACK_V311_PRESENT = b"\x20\x02\x01\x00"  # CONNACK, length 2, session present 1, return code 0
 _checkpoint = trio.lowlevel.checkpoint
@@ -448,6 +452,19 @@ class Connection:
             self._refuse(plan.reason, plan.detail)
             return False
         self.client_id = plan.client_id
+        if connect.will is not None:
+            # The Will is published like any PUBLISH, so the same topic limits
+            # apply: v5 CONNACK 0x90 Topic Name invalid; 3.1.1 has no return
+            # code for it, so the connection is just closed (_send_connack).
+            try:
+                validate_topic_name(
+                    connect.will.topic, max_length=limits.max_topic_length, max_levels=limits.max_topic_levels
+                )
+                if connect.will.properties.response_topic is not None:
+                    check_response_topic(connect.will.properties.response_topic)
+            except MQTTError as error:
+                self._refuse(error.reason, f"Will Topic: {error.message}")
+                return False
         if broker.stats.connections_current >= config.max_connections:
             self._refuse(_R.SERVER_BUSY, "too many connections")
             return False
@@ -481,9 +498,10 @@ class Connection:
         self.connect_expiry = plan.session_expiry
         self.will = connect.will
         self.peer_max_packet_size = plan.peer_max_packet_size
-        if self.version == _V5 and connect.properties.topic_alias_maximum:
+        if self.version == _V5 and connect.properties.topic_alias_maximum and limits.topic_alias_maximum:
             self.out_aliases = {}
-            self.out_alias_max = connect.properties.topic_alias_maximum
+            # Capped by our own maximum too: each alias keeps a topic per connection.
+            self.out_alias_max = min(connect.properties.topic_alias_maximum, limits.topic_alias_maximum)
         handle.session.window = min(config.max_inflight, plan.peer_receive_maximum)
         if self.version == _V5:
             connack = connack_for(
@@ -534,6 +552,7 @@ class Connection:
             self.deadline = _current_time() + timeout
         on_publish = self._on_publish
         handlers = HANDLERS
+        reply_limit = 2 * broker.config.max_outbox_bytes
         rbuf = broker.rbuf
         rview = broker.rview
         while True:
@@ -556,6 +575,12 @@ class Connection:
                 broker.batching = False
                 if broker.dirty:
                     broker.flush()
+            if self.out_bytes >= reply_limit and self.writing:
+                # A client that sends requests (PINGREQ, QoS 1/2 PUBLISH,
+                # SUBSCRIBE...) but does not read its replies: stop reading it
+                # until they are sent, so its outbox cannot grow without bound.
+                # Deliveries stop at max_outbox_bytes by themselves (delivery.py).
+                await self._drain()
             if sock is None:
                 data = await self.stream.receive_some(65536)
                 if not data:
@@ -675,9 +700,42 @@ class Connection:
             if self.sock is None:
                 self.closed = True
                 await self.stream.aclose()
+                broker.connection_closed(self)
             else:
+                self.closed = True
+                broker.connection_closed(self)
+                await self._linger()
                 self.close_transport()
-            broker.connection_closed(self)
+
+    async def _linger(self) -> None:
+        """Half-close, then read and discard until the peer's EOF (at most _LINGER s).
+
+        Closing a socket with unread input makes the kernel send RST instead
+        of FIN, and a client still writing then loses what we sent last (the
+        DISCONNECT with the reason, v5 section 4.13, or the refusing CONNACK).
+        After shutdown(SHUT_WR) the client reads our bytes and then EOF.
+        """
+        sock = self.sock
+        assert sock is not None
+        if self.timed_out and self.handle is None:
+            return  # CONNECT never came: nothing was sent that could be lost
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # already gone
+            return
+        rbuf = self.broker.rbuf
+        with trio.move_on_after(_LINGER):
+            while True:
+                try:
+                    n = sock.recv_into(rbuf)
+                except BlockingIOError:
+                    n = -1
+                except OSError:
+                    return
+                if not n:
+                    return
+                if n < 0:
+                    await _wait_readable(sock)
 
     def close_transport(self) -> None:
         """Close the bare socket at once (a stream is closed by ``aclose``)."""
@@ -706,6 +764,8 @@ class Connection:
         limits = broker.limits
         if len(topic) * 4 > limits.max_topic_length or topic.count("/") >= limits.max_topic_levels:
             validate_topic_name(topic, max_length=limits.max_topic_length, max_levels=limits.max_topic_levels)
+        if props is not NO_PROPERTIES and props.response_topic is not None:
+            check_response_topic(props.response_topic)
         handle = self.handle
         assert handle is not None
         session = handle.session
@@ -874,6 +934,12 @@ class Connection:
                 reason = _R.UNSPECIFIED_ERROR
             acks.popleft()
             self._ack(pid, qos, reason)
+
+
+def check_response_topic(topic: str) -> None:
+    """v5 [MQTT-3.3.2-14]: a Response Topic is a Topic Name, without wildcards."""
+    if not topic or "+" in topic or "#" in topic:
+        raise MQTTError(_R.PROTOCOL_ERROR, f"Response Topic {topic!r} is not a topic name (v5 [MQTT-3.3.2-14])")
 
 
 _CLOSE_DETAIL = {

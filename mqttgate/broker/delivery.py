@@ -189,6 +189,7 @@ class SessionHandle:
                 self.stats.messages_expired += 1
                 return
             new_alias = None
+            data: bytes | None
             if conn.out_aliases is not None:
                 # Encoded for this connection only: the alias is per connection.
                 props = message.properties

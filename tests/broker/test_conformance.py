@@ -73,7 +73,7 @@ async def test_no_server_topic_aliases_without_client_maximum(nursery: trio.Nurs
 
 async def _wait_idle(broker: Broker) -> None:
     """Until every connection is gone (bounded by the caller's fail_after)."""
-    while broker.stats.connections_current or broker._conns:
+    while broker.stats.connections_current or broker._conns:  # noqa: ASYNC110 (no event to wait on)
         await trio.sleep(0.05)
 
 
@@ -150,3 +150,123 @@ async def test_disconnect_fits_the_clients_maximum_packet_size(nursery: trio.Nur
         await newest.send(connect("mps2", version=5))
         taken = await roomy.packet()
         assert taken is not None and taken[2] == 0x8E and b"another connection" in taken
+
+
+def _will_connect(client_id: str, topic: str, version: int) -> bytes:
+    v5 = version == 5
+    body = s("MQTT") + bytes([version, 0x06]) + b"\x00\x3c" + (b"\x00" if v5 else b"")
+    return frame(0x10, body + s(client_id) + (b"\x00" if v5 else b"") + s(topic) + s("gone"))
+
+
+async def test_will_topic_obeys_the_topic_limits(nursery: trio.Nursery) -> None:
+    # A Will is published like a PUBLISH: a topic over max_topic_levels is
+    # refused at CONNECT (v5 CONNACK 0x90; 3.1.1 closed, it has no return code).
+    broker = make_broker(max_topic_levels=4)
+    with trio.fail_after(5):
+        v5 = await open_client(nursery, broker)
+        await v5.send(_will_connect("deepwill", "a/b/c/d/e/f", 5))
+        connack = await v5.packet()
+        assert connack is not None and connack[:4] == bytes([0x20, connack[1], 0x00, 0x90])
+        assert await v5.eof()
+        v311 = await open_client(nursery, broker)
+        await v311.send(_will_connect("deepwill", "a/b/c/d/e/f", 4))
+        assert await v311.eof()
+        assert not v311.buf
+        ok = await open_client(nursery, broker)
+        await ok.send(_will_connect("okwill", "a/b/c/d", 4))
+        assert await ok.packet() == bytes([0x20, 0x02, 0x00, 0x00])
+
+
+async def test_client_that_does_not_read_its_replies_is_not_read_either(nursery: trio.Nursery) -> None:
+    # Hostile input: PINGREQs (or QoS 1 PUBLISHes...) sent without ever reading
+    # the replies must not grow the connection's outbox without bound.
+    broker = make_broker(max_outbox_bytes=1024)
+    client_side, server_side = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(broker.serve_stream, server_side, "memory")
+    client = RawClient(client_side)
+    chunks = 30
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        for _ in range(chunks):
+            await client.send(b"\xc0\x00" * 2000)  # 4000 bytes of PINGREQ
+            sent += 1
+
+    with trio.fail_after(10):
+        await client.send(connect("flood"))
+        assert await client.packet() == bytes([0x20, 0x02, 0x00, 0x00])
+        nursery.start_soon(flood)
+        await trio.testing.wait_all_tasks_blocked()
+        (conn,) = [c for c in broker._conns.values() if c.client_id == "flood"]
+        # Stopped after the replies passed 2 x max_outbox_bytes (one read batch late at most).
+        assert sent < chunks
+        assert conn.out_bytes <= 2 * 1024 + 4000 * 2
+        # Reading the replies lets the flood through; every PINGREQ is answered.
+        replies = 0
+        while replies < chunks * 2000:
+            packet = await client.packet()
+            assert packet == b"\xd0\x00"
+            replies += 1
+        assert sent == chunks
+
+
+async def test_response_topic_with_wildcards_is_a_protocol_error(nursery: trio.Nursery) -> None:
+    # v5 [MQTT-3.3.2-14]: the Response Topic MUST NOT contain wildcards.
+    broker = make_broker()
+    with trio.fail_after(5):
+        client = await open_client(nursery, broker)
+        await client.send(connect("rt", version=5))
+        await client.packet()
+        await client.send(publish("req", b"", v5=True, props=props(b"\x08" + s("resp/x"))))  # fine
+        await client.send(publish("req", b"", v5=True, props=props(b"\x08" + s("resp/#"))))
+        assert await client.packet() == bytes([0xE0, 0x01, 0x82])
+        assert await client.eof()
+
+
+async def test_close_after_an_error_is_orderly_despite_unread_input(nursery: trio.Nursery) -> None:
+    # The DISCONNECT with the reason (v5 section 4.13) must reach a client
+    # that is still writing: closing with unread input would send RST, so the
+    # broker half-closes and discards input until EOF (Connection._linger).
+    broker = make_broker()
+    shutdown = trio.Event()
+    port = port_of(await nursery.start(broker.serve, shutdown))
+    client = await RawClient.open(port)
+    with trio.fail_after(10):
+        await client.send(connect("linger", version=5))
+        await client.packet()
+        junk = publish("nobody/listens", b"x" * 1000, v5=True) * 200  # ~200 KB after the error
+        nursery.start_soon(client.send, b"\xf0\x00" + junk)  # AUTH: protocol error
+        received = b""
+        ending = "eof"
+        while True:
+            try:
+                data = await client.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                ending = "reset"
+                break
+            if not data:
+                break
+            received += data
+        assert received[:3] == bytes([0xE0, 0x01, 0x82])
+        assert ending == "eof"
+        await client.aclose()
+        await _wait_idle(broker)
+    shutdown.set()
+
+
+async def test_server_topic_aliases_capped_by_our_own_maximum(nursery: trio.Nursery) -> None:
+    # Each outbound alias keeps a topic for the connection's life: at most
+    # topic_alias_maximum of them whatever the client allows (docs/broker.md).
+    broker = make_broker(topic_alias_maximum=1)
+    with trio.fail_after(5):
+        client = await open_client(nursery, broker)
+        await client.send(connect("cap", version=5, props=props(b"\x22\x01\x00")))  # client allows 256
+        await client.packet()
+        await client.send(subscribe(1, "cap/#", 0, v5=True))
+        await client.packet()
+        for topic in ("cap/a", "cap/b", "cap/a"):
+            await client.send(publish(topic, b"", v5=True))
+        assert await client.packet() == frame(0x30, s("cap/a") + b"\x03\x23\x00\x01")
+        assert await client.packet() == frame(0x30, s("cap/b") + b"\x00")
+        assert await client.packet() == frame(0x30, s("") + b"\x03\x23\x00\x01")

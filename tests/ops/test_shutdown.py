@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from mqttgate.supervisor import run
+from tests.broker import raw
 from tests.conftest import JetStreamNames, make_config
 from tests.forwarder.conftest import _aio_read_stream, nats_server_binary
 
@@ -109,7 +111,7 @@ class Publisher:
     """One paho client publishing QoS 1 (and every 4th message QoS 2) as fast
     as its window allows, from its own thread, until stopped or disconnected."""
 
-    def __init__(self, port: int, name: str, version: int) -> None:
+    def __init__(self, port: int, name: str, version: mqtt.MQTTProtocolVersion) -> None:
         self.name = name
         self.version = version
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=version)
@@ -128,6 +130,9 @@ class Publisher:
         c.on_connect = lambda _c, _u, _f, rc, _p: self.connacks.put(int(rc.value))
         c.on_publish = self._on_publish
         c.on_disconnect = self._on_disconnect
+        #: paho's error log lines (why a connection was lost), for failure messages.
+        self.errors: list[str] = []
+        c.on_log = lambda _c, _u, level, text: self.errors.append(text) if level == mqtt.MQTT_LOG_ERR else None
         # The daemon is gone for good after the test: no reconnect storm.
         c.reconnect_delay_set(60, 120)
         c.connect("127.0.0.1", port, 60)
@@ -264,9 +269,12 @@ def test_sigterm_under_load_keeps_every_acknowledged_message(
         codes = []
         while not publisher.disconnects.empty():
             codes.append(publisher.disconnects.get_nowait())
+        closed = [e for e in events if e.get("client_id") == publisher.name and e["event"] == "client_disconnected"]
+        assert [e["reason"] for e in closed] == ["SERVER_SHUTTING_DOWN"], publisher.name
         if publisher.version == mqtt.MQTTv5:
-            closed = [e for e in events if e.get("client_id") == publisher.name and e["event"] != "client_connected"]
-            assert codes[0] == SERVER_SHUTTING_DOWN, json.dumps([publisher.name, codes, closed])
+            # Also while paho is still writing PUBLISHes: the broker half-closes
+            # and lingers instead of resetting (the last test of this file).
+            assert codes[0] == SERVER_SHUTTING_DOWN, json.dumps([publisher.name, codes, publisher.errors])
         # A healthy NATS: no acknowledgement carries a failure reason.
         assert [code for code in publisher.ack_codes() if code >= 0x80] == [], publisher.name
 
@@ -413,3 +421,58 @@ async def test_a_quiet_daemon_with_forwarding_stops_well_before_its_deadline(
         took = trio.current_time() - started
     assert took < 2.0, f"a quiet daemon took {took:.1f}s to stop"
     assert "shutdown_deadline_exceeded" not in [entry["event"] for entry in logged]
+
+
+def test_a_v5_client_still_sending_gets_disconnect_0x8b_and_an_orderly_close() -> None:
+    """Regression: the broker used to close a socket with unread input, so the
+    kernel sent RST instead of FIN and paho, still writing, reported EPIPE or
+    ECONNRESET (0x80) instead of the DISCONNECT 0x8B it had received. The
+    broker now half-closes and lingers (broker/connection.py ``_linger``)."""
+    # A child process: in process, the sender thread and the broker share the
+    # GIL and the broker closes before any more input arrives.
+    daemon = Daemon("--forward", "off", "--shutdown-timeout", "5s")
+    stop = threading.Event()
+    sending = threading.Event()
+    sock = None
+    try:
+        sock = socket.create_connection(("127.0.0.1", daemon.mqtt_port()), timeout=5)
+        sock.sendall(raw.connect("still-sending", version=5))
+        connack = sock.recv(1024)
+        assert connack[0] == 0x20 and connack[3] == 0x00, connack  # CONNACK, Success
+        publish = raw.publish("nobody/listens", b"x" * 1000, v5=True) * 16
+
+        def blast() -> None:
+            # Like paho under load: keep writing, whatever the server does.
+            try:
+                while not stop.is_set():
+                    sock.sendall(publish)
+                    sending.set()
+            except OSError:
+                pass
+
+        threading.Thread(target=blast, daemon=True).start()
+        assert sending.wait(5)
+        daemon.proc.send_signal(signal.SIGTERM)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError as error:
+                ending = type(error).__name__
+                break
+            if not chunk:
+                ending = "eof"
+                break
+            data += chunk
+        returncode, _ = daemon.finish(timeout=10)
+    finally:
+        stop.set()
+        if sock is not None:
+            sock.close()
+        daemon.close()
+    assert returncode == 0
+    # The DISCONNECT arrives either way (what is queued at the client stays
+    # readable after a reset)...
+    assert data[:1] == b"\xe0" and data[2] == SERVER_SHUTTING_DOWN, data[:16]
+    # ...but a client that writes before it reads (paho) only gets to it after a FIN.
+    assert ending == "eof"
