@@ -225,7 +225,7 @@ async def test_store_down_is_server_unavailable(
         auth = await make_auth(store, database_url)
         _, user, password = await provision(store, auth.hasher)
         await auth.authenticate(user, password.encode(), client_id="c", peer=PEER)
-        assert store.credentials_watched
+        await until(lambda: store.credentials_watched)  # the listener connects in the background
         proxy.stop()  # PostgreSQL unreachable from now on
         # The listener sees its connection cut (EOF) and clears the cache; until
         # then a cached device would still be admitted (docs/api.md, trade-offs).
