@@ -137,6 +137,23 @@ def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _credentials_response(device: Device, password: str, **extra: Any) -> Response:
+    """The one answer that carries a password: creation and rotation. The
+    original's shape, so its clients keep working; never cached by proxies."""
+    response = jsonify(
+        {
+            "id": device.id,
+            "type": device.type,
+            "mqtt_user": device.mqtt_user,
+            "mqtt_password": password,
+            "created_at": _iso(device.created_at),
+            **extra,
+        }
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def device_view(device: Device) -> dict[str, Any]:
     return {
         "id": device.id,
@@ -271,18 +288,9 @@ async def create_device() -> Response:
             if attempt == ID_ATTEMPTS - 1:
                 raise
     log.info("device_created", device_id=device.id, device_type=device.type)
-    response = jsonify(
-        {
-            "id": device.id,
-            "type": device.type,
-            "mqtt_user": device.mqtt_user,
-            "mqtt_password": password,
-            "created_at": _iso(device.created_at),
-        }
-    )
+    response = _credentials_response(device, password)
     response.status_code = 201
     response.headers["Location"] = f"/devices/{device.id}"
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -350,18 +358,7 @@ async def rotate_credentials(device_id: str) -> Response:
     device = await _store().set_password_hash(device_id, password_hash)
     kicked = await _after_change(device, "rotate")
     log.info("credentials_rotated", device_id=device.id, sessions_closed=kicked)
-    response = jsonify(
-        {
-            "id": device.id,
-            "type": device.type,
-            "mqtt_user": device.mqtt_user,
-            "mqtt_password": password,
-            "created_at": _iso(device.created_at),
-            "updated_at": _iso(device.updated_at),
-        }
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _credentials_response(device, password, updated_at=_iso(device.updated_at))
 
 
 @blueprint.post("/<device_id>/disable")
