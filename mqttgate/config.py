@@ -25,6 +25,7 @@ import attrs
 from mqttgate import acl as _acl
 
 ENV_PREFIX = "MQTTGATE_"
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^@/\s,]*@", re.IGNORECASE)
 #: MQTTGATE_* variables that are not ours: the test suite's, and Kubernetes service links.
 _FOREIGN_VARIABLE = re.compile(r"^MQTTGATE_(TEST_|SERVICE_|PORT(_|$))")
 
@@ -474,7 +475,8 @@ class Config:
             if field.metadata["secret"]:
                 out[field.name] = "set" if value else "unset"
             else:
-                out[field.name] = str(value)
+                # A URL may carry credentials (nats://user:pass@host): mask them.
+                out[field.name] = _URL_USERINFO.sub(r"\1***@", str(value))
         return out
 
 

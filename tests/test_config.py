@@ -83,6 +83,8 @@ def test_secrets_are_masked_in_repr_and_public_dict() -> None:
     assert "pw@" not in repr(config)
     public = config.public_dict()
     assert public["api_token"] == "set"
+    with_credentials = load([], {"MQTTGATE_NATS_URL": "nats://svc:n4ts-pw@a:4222,tls://t0ken@b:4222"})
+    assert with_credentials.public_dict()["nats_url"] == "nats://***@a:4222,tls://***@b:4222"
     assert public["database_url"] == "set"
 
 
