@@ -298,6 +298,11 @@ class Config:
     max_connections: int = setting(
         10_000, int_range(1), "Most concurrent MQTT connections; further CONNECTs get server busy"
     )
+    max_pending_connects: int = setting(
+        1000, int_range(1),
+        "Most connections accepted but not yet through CONNECT; more are closed at once. "
+        "Bounds pre-authentication memory to about this x max_packet_size",
+    )
     connect_timeout: float = setting(
         10.0, positive_duration, "Time a new connection has to send CONNECT", shown_default="10s"
     )

@@ -185,11 +185,11 @@ class Broker:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:  # not TCP (tests), or already gone
                     pass
+                if self.shutting_down or self._too_many_pending():
+                    sock.close()
+                    continue
                 conn_id = next(self._ids)
                 conn = Connection(self, None, conn_id, f"{addr[0]}:{addr[1]}", sock)
-                if self.shutting_down:
-                    conn.close_transport()
-                    continue
                 self._conns[conn_id] = conn
                 conns.start_soon(conn.run, conns)
                 accepted += 1
@@ -223,8 +223,19 @@ class Broker:
     def forget(self, conn: Connection) -> None:
         self._conns.pop(conn.conn_id, None)
 
+    def _too_many_pending(self) -> bool:
+        """Connections that have not finished CONNECT are unauthenticated and
+        may each buffer up to max_packet_size: cap their number."""
+        if len(self._conns) - self.stats.connections_current < self.config.max_pending_connects:
+            return False
+        self.stats.connections_refused += 1
+        return True
+
     async def serve_stream(self, stream: Any, peer: str) -> None:
         """Serve one client on any trio stream (tests use memory streams)."""
+        if self._too_many_pending():
+            await stream.aclose()
+            return
         conn_id = next(self._ids)
         conn = Connection(self, stream, conn_id, peer)
         self._conns[conn_id] = conn

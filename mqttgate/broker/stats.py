@@ -12,6 +12,8 @@ import attrs
 @attrs.define
 class BrokerStats:
     connections_current: int = 0
+    #: Sockets closed at accept because max_pending_connects were waiting for CONNECT.
+    connections_refused: int = 0
     connects_total: int = 0
     #: Refused CONNECTs by reason name (e.g. ``NOT_AUTHORIZED``, ``SERVER_BUSY``).
     connects_denied: dict[str, int] = attrs.Factory(dict)

@@ -14,7 +14,7 @@ from mqttgate.auth import AnonymousAuth
 from mqttgate.broker import Broker
 from mqttgate.forward import NullForwarder
 from tests.broker.raw import RawClient, connect, frame, publish, s, subscribe
-from tests.conftest import make_config, port_of
+from tests.conftest import StartDaemon, make_config, port_of
 
 
 def make_broker(**config: object) -> Broker:
@@ -270,3 +270,21 @@ async def test_server_topic_aliases_capped_by_our_own_maximum(nursery: trio.Nurs
         assert await client.packet() == frame(0x30, s("cap/a") + b"\x03\x23\x00\x01")
         assert await client.packet() == frame(0x30, s("cap/b") + b"\x00")
         assert await client.packet() == frame(0x30, s("") + b"\x03\x23\x00\x01")
+
+
+async def test_connections_waiting_for_connect_are_capped(start_daemon: StartDaemon) -> None:
+    # Unauthenticated sockets may each buffer up to max_packet_size before
+    # CONNECT completes: past max_pending_connects new sockets are closed at
+    # once, and a socket that finished CONNECT frees its slot.
+    port = port_of((await start_daemon(make_config(max_pending_connects=3))).mqtt)
+    with trio.fail_after(10):
+        waiting = [await RawClient.open(port) for _ in range(3)]
+        refused = await RawClient.open(port)
+        assert await refused.eof()
+        await waiting[0].send(connect("pending-0"))
+        assert (await waiting[0].packet()) == bytes([0x20, 2, 0, 0])  # CONNACK accepted
+        admitted = await RawClient.open(port)
+        await admitted.send(connect("pending-new"))
+        assert (await admitted.packet()) == bytes([0x20, 2, 0, 0])
+        for client in (*waiting, refused, admitted):
+            await client.aclose()
