@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -129,8 +130,11 @@ def main() -> int:
         wait_port(native_mqtt)
         storage = StorageType.FILE if args.storage == "file" else StorageType.MEMORY
         asyncio.run(add_stream(url, StreamConfig(name="BENCH_NATIVE", subjects=["dev.>"], storage=storage)))
+        # BENCH_GATE_SCRIPT: a script to run instead of ``-m mqttgate`` (to
+        # measure an experimental patch side by side with the same load).
+        launcher = [os.environ["BENCH_GATE_SCRIPT"]] if os.environ.get("BENCH_GATE_SCRIPT") else ["-m", "mqttgate"]
         gate = subprocess.Popen(
-            [sys.executable, "-m", "mqttgate", "serve", "--allow-anonymous", "true", "--forward", "on",
+            [sys.executable, *launcher, "serve", "--allow-anonymous", "true", "--forward", "on",
              "--nats-url", url, "--nats-stream", "BENCH_GATE", "--nats-subject-prefix", "mqtt",
              "--nats-storage", args.storage, "--log-level", "warning", "--max-connections", "1000",
              "--mqtt-listen", f"127.0.0.1:{gate_mqtt}", "--http-listen", f"127.0.0.1:{gate_http}"],

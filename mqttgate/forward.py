@@ -60,6 +60,10 @@ class Ticket(Protocol):
 class Forwarder(Protocol):
     async def submit(self, message: ForwardMessage) -> Ticket: ...
 
+    def try_submit(self, message: ForwardMessage) -> Ticket | None:
+        """Queue without waiting; None when the queue is full (then ``submit``)."""
+        ...
+
     def submit_nowait(self, message: ForwardMessage) -> bool: ...
 
 
@@ -75,6 +79,9 @@ class NullForwarder:
     """Forwarding off: nothing leaves the broker, every ticket is complete."""
 
     async def submit(self, message: ForwardMessage) -> Ticket:
+        return DONE
+
+    def try_submit(self, message: ForwardMessage) -> Ticket | None:
         return DONE
 
     def submit_nowait(self, message: ForwardMessage) -> bool:

@@ -5,7 +5,7 @@ Theory of operation
 ::
 
     connections --submit()/submit_nowait()--> [memory channel, nats_queue_size]
-        --pump--> HPUB <subject> <inbox>.<key> (pre-encoded; one asyncio hop per batch)
+        --pump--> HPUB <subject> <inbox>.<key> (pre-encoded; written from trio, no asyncio hop)
         <--ack on <inbox>.<key>-- JetStream  -> ticket done, slot freed
 
 * **Queue.** ``submit`` (QoS 1/2) waits for room in a bounded trio memory
@@ -13,7 +13,9 @@ Theory of operation
   (QoS 0) drops and counts when it is full.
 * **Pending acks.** One pump task takes messages off the channel, each QoS
   1/2 one only with one of ``nats_max_pending`` slots (a semaphore), and
-  publishes them in batches, one trio->asyncio hop per batch, as plain NATS
+  publishes them in batches, written straight to the socket from trio
+  (:meth:`mqttgate.nats_conn.FastClient.send_now`; asyncio only to wait
+  while the socket buffer is full), as plain NATS
   publishes with a reply subject: that is an asynchronous JetStream publish,
   so up to ``nats_max_pending`` are in flight at once. One wildcard
   subscription on our inbox receives the acks (:meth:`_on_ack`, called
@@ -61,19 +63,25 @@ from mqttgate import nats_conn
 from mqttgate.config import Config, ConfigError
 from mqttgate.forward import ForwardFailed, ForwardMessage, ForwardRefused, Ticket
 from mqttgate.forwarder_stats import ForwarderStats, LatencyHistogram, RateLimited
-from mqttgate.headers import ANONYMOUS_DEVICE, message_headers
+from mqttgate.headers import ANONYMOUS_DEVICE, MSG_ID, message_headers, msg_id_value
 from mqttgate.logs import get_logger
+from mqttgate.protocol.packets import NO_PROPERTIES
 from mqttgate.protocol.subjects import SubjectError, device_subject
 
 log = get_logger("forwarder")
 
-#: Most messages published in one trio->asyncio hop (a QoS 0 burst is
+#: Most messages published in one socket write (a QoS 0 burst is
 #: drained in as few hops as possible: that is what keeps up with it).
 BATCH = 1024
 #: How often the expiry and retry loops look at the in-flight table.
 TICK_S = 0.1
 #: ready() is false once the queue is this full (a fraction of nats_queue_size).
 HIGH_WATER = 0.9
+#: Encoded subject and header lines kept per (device, client, topic, qos,
+#: retain) of messages without v5 properties: at most this many entries of at
+#: most PREFIX_CACHE_BYTES each (about 2.5 MB), cleared when full.
+PREFIX_CACHE_SIZE = 4096
+PREFIX_CACHE_BYTES = 512
 
 
 __all__ = [
@@ -126,7 +134,9 @@ class _Entry:
         self.has_slot = False
         self.finished = False
         self.failed = False
-        self.done: trio.Event | None = trio.Event() if qos else None
+        #: Made by the first wait() that has to wait: most tickets are done
+        #: before anyone waits (the connection waits for the oldest only).
+        self.done: trio.Event | None = None
 
     async def wait(self) -> None:
         # No cancel scope per message (they are the costliest part of a wait):
@@ -134,7 +144,9 @@ class _Entry:
         # An already-completed ticket returns without a checkpoint, so a
         # connection settles a whole burst of acks in one step (and writes
         # their PUBACKs in one send).
-        if self.done is not None and not self.done.is_set():
+        if self.qos and not self.finished:
+            if self.done is None:
+                self.done = trio.Event()
             await self.done.wait()
         if self.failed:
             raise ForwardFailed(f"not stored in JetStream within {self._forwarder.config.forward_timeout:g}s")
@@ -171,6 +183,7 @@ class JetStreamForwarder:
         #: The outstanding entries that hold a pending slot (taken off the channel).
         self._inflight: dict[str, _Entry] = {}
         self._keys = itertools.count()
+        self._prefixes: dict[tuple[Any, ...], tuple[str, bytes]] = {}
         self._id_prefix = secrets.token_hex(6)
         self._nc: Any = None
         # Our ack subjects: <inbox>.<key>; fixed before the first connection
@@ -203,19 +216,40 @@ class JetStreamForwarder:
     # ------------------------------------------------------------ broker side
 
     def _entry(self, message: ForwardMessage) -> _Entry:
-        subject = device_subject(
-            self.config.nats_subject_prefix, message.device_id or ANONYMOUS_DEVICE, message.topic
-        )
+        props = message.properties
+        cached = None
+        if props is NO_PROPERTIES:
+            # Everything but the msg id and payload is the same for every
+            # message of a (device, client, topic, qos, retain): encode that once.
+            cache_key = (
+                message.topic, message.client_id, message.device_id, message.device_type,
+                message.mqtt_user, message.qos, message.retain,
+            )  # fmt: skip
+            cached = self._prefixes.get(cache_key)
+        if cached is None:
+            subject = device_subject(
+                self.config.nats_subject_prefix, message.device_id or ANONYMOUS_DEVICE, message.topic
+            )
+            head = nats_conn.header_lines(message_headers(message, None))
+            if props is NO_PROPERTIES and len(head) + len(subject) <= PREFIX_CACHE_BYTES:
+                if len(self._prefixes) >= PREFIX_CACHE_SIZE:
+                    self._prefixes.clear()  # bounded; rebuilt from the live topics
+                self._prefixes[cache_key] = (subject, head)
+        else:
+            subject, head = cached
         key = f"{next(self._keys):x}"
-        msg_id = None
         reply = ""
         if message.qos:
             # The broker derives msg_id from the session and packet id so a
             # retransmitted PUBLISH dedups too; without one, dedup our own retries.
+            # Nats-Msg-Id is the last header (headers.message_headers).
             msg_id = message.msg_id or f"{self._id_prefix}-{key}"
             reply = f"{self._inbox}.{key}"
+            block = head + f"{MSG_ID}: {msg_id_value(msg_id)}\r\n\r\n".encode()
+        else:
+            block = head + b"\r\n"
         now = trio.current_time()
-        command = nats_conn.pub_command(subject, reply, message_headers(message, msg_id), message.payload)
+        command = nats_conn.pub_command_block(subject, reply, block, message.payload)
         return _Entry(self, key, message.qos, subject, command, now, now + self.config.forward_timeout)
 
     def _refused(self, message: ForwardMessage, error: SubjectError) -> None:
@@ -246,6 +280,25 @@ class JetStreamForwarder:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._outstanding.pop(entry.key, None)
             return _ClosedTicket()
+        return entry
+
+    def try_submit(self, message: ForwardMessage) -> Ticket | None:
+        """Queue a QoS 1/2 message if there is room now; None when the queue
+        is full (the caller then flushes its output and awaits :meth:`submit`).
+        Never waits, so a connection need not flush before every message."""
+        try:
+            entry = self._entry(message)
+        except SubjectError as error:
+            self._refused(message, error)
+            return _RefusedTicket(error)
+        try:
+            self._send.send_nowait(entry)
+        except trio.WouldBlock:
+            return None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return _ClosedTicket()
+        if entry.qos:
+            self._outstanding[entry.key] = entry
         return entry
 
     def submit_nowait(self, message: ForwardMessage) -> bool:
@@ -371,7 +424,7 @@ class JetStreamForwarder:
             await self._publish(live)
 
     async def _publish(self, entries: list[_Entry]) -> None:
-        """Publish ``entries`` (one asyncio hop); settle QoS 0, stamp QoS 1/2."""
+        """Publish ``entries`` (one socket write); settle QoS 0, stamp QoS 1/2."""
         nc = self._nc
         epoch = self._epoch
         now = trio.current_time()
@@ -381,8 +434,17 @@ class JetStreamForwarder:
             entry.sent_at = now
             entry.sent_epoch = epoch
         sent = 0
+        commands = [entry.command for entry in entries]
         try:
-            sent = await aio_as_trio(nc.send_commands)([entry.command for entry in entries])
+            # Straight onto the socket from here: a hop into asyncio and back
+            # costs scheduler rounds, i.e. latency on every QoS 1 message.
+            written = nc.send_now(commands)
+            if written is None:  # not a TCP transport: nats-py's own path
+                sent = await aio_as_trio(nc.send_commands)(commands)
+            else:
+                sent = written
+                if nc.needs_drain():  # the socket is behind: wait (backpressure)
+                    await aio_as_trio(nc.drain_socket)()
         except nats_conn.TRANSIENT_ERRORS as error:
             # Usually OutboundBufferLimitError/ConnectionClosedError: the
             # connection dropped under us. QoS 1/2 are retried after the reconnect.

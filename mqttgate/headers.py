@@ -103,9 +103,18 @@ def message_headers(message: ForwardMessage, msg_id: str | None) -> dict[str, st
             [[name, value] for name, value in props.user_properties], separators=(",", ":")
         )
     if msg_id is not None:
-        # Deterministic either way, so retransmissions still dedup.
-        headers[MSG_ID] = msg_id if is_header_safe(msg_id) else _b64(msg_id.encode("utf-8"))
+        headers[MSG_ID] = msg_id_value(msg_id)
     return headers
+
+
+def msg_id_value(msg_id: str) -> str:
+    """The ``Nats-Msg-Id`` value of ``msg_id``: deterministic either way, so
+    retransmissions still dedup."""
+    # Printable ASCII without edge spaces is header-safe: the common case,
+    # decided without the regex (this runs for every QoS 1/2 message).
+    if msg_id.isascii() and msg_id.isprintable() and msg_id[:1] != " " and msg_id[-1:] != " ":
+        return msg_id
+    return msg_id if is_header_safe(msg_id) else _b64(msg_id.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- consumer side

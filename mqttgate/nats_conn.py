@@ -22,6 +22,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 from nats.js.api import StorageType, StreamConfig
 
 from mqttgate.config import Config, ConfigError
@@ -51,10 +52,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class FastClient(Client):
     """nats-py's client with a fast path for the forwarder's hot loop.
 
-    * :meth:`send_commands` writes pre-encoded ``HPUB`` commands (built once
-      per message by :func:`pub_command`, reused for retries) to the socket
-      instead of re-validating and re-encoding headers on every publish and
-      waking the flusher task;
+    * :meth:`send_now` (from trio, no asyncio hop) and :meth:`send_commands`
+      write pre-encoded ``HPUB`` commands (built once per message by
+      :func:`pub_command`, reused for retries) to the socket instead of
+      re-validating and re-encoding headers on every publish and waking the
+      flusher task;
     * messages on the ack subscription (``ack_sid``) go straight to
       ``on_ack(subject, data, headers)`` without nats-py's per-message
       ``Msg`` object, queue and task.
@@ -74,6 +76,44 @@ class FastClient(Client):
             self.on_ack(subject, data, headers)
             return
         await super()._process_msg(sid, subject, reply, data, headers)
+
+    def send_now(self, commands: list[bytes]) -> int | None:
+        """Write ``commands`` to the socket synchronously: callable from trio
+        with no hop into asyncio (the asyncio transport writes what the socket
+        takes and buffers the rest; trio-asyncio runs in the same thread).
+
+        Returns how many were written (0 while not connected), or None when
+        the transport is not a plain TCP/TLS stream (then use
+        :meth:`send_commands`). Anything nats-py itself has pending goes
+        first, in order. The caller checks :meth:`needs_drain` afterwards.
+        """
+        transport = self._transport
+        if type(transport) is not TcpTransport:
+            return None
+        if not self.is_connected:
+            return 0
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._pending_data_size = 0
+            pending.extend(commands)
+            transport.writelines(pending)
+        else:
+            transport.writelines(commands)
+        return len(commands)
+
+    def needs_drain(self) -> bool:
+        """Is the socket's write buffer above its high-water mark? Then await
+        :meth:`drain_socket` (backpressure: bounds what waits in memory)."""
+        writer = getattr(self._transport, "_io_writer", None)
+        if writer is None:
+            return False
+        _low, high = writer.transport.get_write_buffer_limits()
+        return bool(writer.transport.get_write_buffer_size() > high)
+
+    async def drain_socket(self) -> None:
+        if self._transport is not None:
+            await self._transport.drain()
 
     async def send_commands(self, commands: list[bytes]) -> int:
         """Queue commands while connected and flush; returns how many were queued."""
@@ -102,7 +142,17 @@ def pub_command(subject: str, reply: str, headers: dict[str, str], payload: byte
     Header names and values must already be safe (``mqttgate.headers`` makes
     them so): no CR/LF, no leading or trailing whitespace.
     """
-    block = ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
+    return pub_command_block(subject, reply, header_lines(headers) + b"\r\n", payload)
+
+
+def header_lines(headers: dict[str, str]) -> bytes:
+    """``NATS/1.0`` and one line per header: a header block without its final
+    empty line (the forwarder caches these and appends ``Nats-Msg-Id``)."""
+    return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()])).encode()
+
+
+def pub_command_block(subject: str, reply: str, block: bytes, payload: bytes) -> bytes:
+    """``HPUB`` with a complete, encoded header block (ending in an empty line)."""
     size = len(block)
     if reply:
         line = f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n"

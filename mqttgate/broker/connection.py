@@ -827,11 +827,16 @@ class Connection:
 
     async def _forward(self, message: Message, pid: int, qos: int) -> None:
         broker = self.broker
-        self._unbatch()
-        ticket = await broker.forwarder.submit(
-            self._forward_message(message, self.handle.session.inbound_msg_id(pid))  # type: ignore[union-attr]
-        )
-        broker.batching = True
+        forwarded = self._forward_message(message, self.handle.session.inbound_msg_id(pid))  # type: ignore[union-attr]
+        # Queue without waiting when there is room: flushing this batch's
+        # output before every forwarded message cost ~11% of the process.
+        ticket = broker.forwarder.try_submit(forwarded)
+        if ticket is None:
+            # The forward queue is full: this wait is the backpressure that
+            # stops reading the device; send what the batch produced first.
+            self._unbatch()
+            ticket = await broker.forwarder.submit(forwarded)
+            broker.batching = True
         if ticket is DONE and not self.acks:
             self._ack(pid, qos, _R.SUCCESS)
             return
@@ -908,13 +913,27 @@ class Connection:
                 self.acks_done.set()
 
     async def _ack_in_order(self) -> None:
+        # Acks of tickets that are already complete are written in one batch
+        # (one send for a burst of PUBACKs); before actually waiting, the
+        # batch is flushed, because other tasks run while this one waits.
+        # A completed ticket's wait() does not checkpoint (forward.Ticket).
+        try:
+            await self._ack_batches()
+        finally:
+            self._unbatch()
+
+    async def _ack_batches(self) -> None:
         acks = self.acks
-        stats = self.broker.stats
+        broker = self.broker
+        stats = broker.stats
         while acks:
             pid, qos, ticket = acks[0]
             reason = _R.SUCCESS
+            if not getattr(ticket, "finished", True):
+                self._unbatch()
             try:
                 await ticket.wait()
+                broker.batching = True
             except ForwardRefused:
                 # The topic can never become a NATS subject: retrying (the
                 # 3.1.1 disconnect below) would loop forever. v5: "Topic Name

@@ -192,6 +192,12 @@ class SlowForwarder:
         self.messages.append(message)
         return self
 
+    def try_submit(self, message: ForwardMessage) -> Any:
+        self.messages.append(message)
+        return self
+
+    finished = False  # wait() really waits
+
     def submit_nowait(self, message: ForwardMessage) -> bool:
         self.messages.append(message)
         return False
