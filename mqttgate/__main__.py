@@ -21,10 +21,14 @@ from mqttgate.config import Config, ConfigError
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     for field in cfg.settings():
+        # Booleans work as bare switches too: --embedded means --embedded true.
+        switch = field.metadata["parse"] is cfg.parse_bool
         parser.add_argument(
             cfg.flag_name(field.name),
             dest=field.name,
-            metavar="VALUE",
+            metavar="BOOL" if switch else "VALUE",
+            nargs="?" if switch else None,
+            const="true" if switch else None,
             default=None,
             help=f"{field.metadata['help']} [env {cfg.env_name(field.name)}; default {cfg.shown_default(field)}]",
         )

@@ -111,3 +111,17 @@ def test_readme_configuration_table_is_generated_from_the_config() -> None:
         "README.md's configuration table is stale: paste the output of "
         "`python -c 'from mqttgate.config import settings_table; print(settings_table())'`"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--embedded"], True),
+        (["--embedded", "--allow-anonymous"], True),
+        (["--embedded", "false"], False),
+        (["--embedded", "off", "--log-level", "debug"], False),
+    ],
+)
+def test_boolean_flags_work_as_bare_switches(argv: list[str], expected: bool) -> None:
+    # The README's first command is `mqttgate serve --embedded`.
+    assert load(argv).embedded is expected
