@@ -68,6 +68,12 @@ async def watch_signals(shutdown: trio.Event) -> None:
             nursery.start_soon(wait_shutdown)
 
 
+async def ignore_sighup() -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("sighup_ignored", detail="nothing to reload: no TLS listener")
+
+
 def _first_port(addresses: list[str]) -> int:
     return int(addresses[0].rsplit(":", 1)[1])
 
@@ -152,6 +158,10 @@ async def run(
                 root.start_soon(arm_deadline)
                 if install_signal_handlers:
                     root.start_soon(watch_signals, shutdown)
+                    if config.mqtts_listen is None:
+                        # SIGHUP reloads TLS certificates (tls.py); without
+                        # TLS it must not end the daemon (its default action).
+                        root.start_soon(ignore_sighup)
                 async with contextlib.AsyncExitStack() as embedded:
                     if config.embedded:
                         # Private NATS and PostgreSQL as child processes; they

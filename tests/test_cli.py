@@ -107,3 +107,25 @@ def test_a_crashing_component_stops_the_daemon_with_an_error_event_and_exit_1() 
     crashed = [e for e in events if e["event"] == "crashed"]
     assert crashed and crashed[0]["level"] == "error"
     assert "Traceback" not in result.stderr
+
+
+def test_sighup_without_tls_does_not_stop_the_daemon() -> None:
+    proc = subprocess.Popen(
+        [*MQTTGATE, "serve", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+         "--allow-anonymous", "--forward", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV,
+    )
+    try:
+        _read_events(proc, "ready")
+        proc.send_signal(signal.SIGHUP)
+        _read_events(proc, "sighup_ignored")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _read_events(proc, "stopped", timeout=10)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
