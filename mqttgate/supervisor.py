@@ -74,10 +74,6 @@ async def ignore_sighup() -> None:
             log.info("sighup_ignored", detail="nothing to reload: no TLS listener")
 
 
-def _first_port(addresses: list[str]) -> int:
-    return int(addresses[0].rsplit(":", 1)[1])
-
-
 @contextlib.asynccontextmanager
 async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
     """Store, authenticator and forwarder, opened in order and closed in reverse.
@@ -87,7 +83,6 @@ async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
     """
     services: dict[str, Any] = {"store": None}
     async with contextlib.AsyncExitStack() as stack:
-        # --- store (PostgreSQL) ---
         if config.database_url:
             from mqttgate.store import Store
 
@@ -97,7 +92,6 @@ async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
                 "MQTTGATE_DATABASE_URL",
                 "required (the device registry) unless MQTTGATE_ALLOW_ANONYMOUS=true",
             )
-        # --- end store ---
         authenticator: Authenticator
         if config.allow_anonymous:
             log.warning(
@@ -106,20 +100,16 @@ async def _open_services(config: Config) -> AsyncIterator[dict[str, Any]]:
             )
             authenticator = AnonymousAuth()
         else:
-            # --- device authentication ---
             from mqttgate.credentials import DeviceAuth
 
             device_auth = DeviceAuth(services["store"], config)
             await device_auth.start()
             authenticator = device_auth
-            # --- end device authentication ---
         forwarder: Forwarder = NullForwarder()
         if config.forward:
-            # --- forwarder (NATS JetStream) ---
             from mqttgate.forwarder import open_forwarder
 
             forwarder = await stack.enter_async_context(open_forwarder(config))
-            # --- end forwarder ---
         else:
             log.warning("forwarding_disabled", detail="device messages are not sent to NATS")
         services["authenticator"] = authenticator

@@ -62,6 +62,14 @@ class RawClient:
     async def open(cls, port: int) -> RawClient:
         return cls(await trio.open_tcp_stream("127.0.0.1", port))
 
+    @classmethod
+    async def connected(cls, port: int, client_id: str) -> RawClient:
+        """A 3.1.1 client past an accepted CONNECT (clean session)."""
+        client = await cls.open(port)
+        await client.send(connect(client_id, version=4))
+        assert await client.packet() == bytes([0x20, 2, 0, 0]), "CONNECT refused"
+        return client
+
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 

@@ -28,14 +28,10 @@ async def test_slow_reader_slows_the_publisher_instead_of_losing_messages(nurser
     # outbox would overflow many times over (18 MB through 64 KiB).
     broker, port = await start(nursery, max_outbox_bytes=64 * 1024, max_publisher_pause=60.0)
     with trio.fail_after(30):
-        sub = await RawClient.open(port)
-        await sub.send(connect("reader", version=4))
-        await sub.packet()
+        sub = await RawClient.connected(port, "reader")
         await sub.send(subscribe(1, "z", 0))
         await sub.packet()
-        pub = await RawClient.open(port)
-        await pub.send(connect("writer", version=4))
-        await pub.packet()
+        pub = await RawClient.connected(port, "writer")
         n = 300
         payloads = [i.to_bytes(4, "big") + b"y" * 60000 for i in range(n)]
         async with trio.open_nursery() as inner:
@@ -57,14 +53,10 @@ async def test_slow_reader_slows_the_publisher_instead_of_losing_messages(nurser
 async def test_stuck_subscriber_holds_a_publisher_back_only_max_pause(nursery: trio.Nursery) -> None:
     broker, port = await start(nursery, max_outbox_bytes=64 * 1024, max_publisher_pause=0.5)
     with trio.fail_after(30):
-        stuck = await RawClient.open(port)
-        await stuck.send(connect("stuck", version=4))
-        await stuck.packet()
+        stuck = await RawClient.connected(port, "stuck")
         await stuck.send(subscribe(1, "z", 0))
         await stuck.packet()
-        pub = await RawClient.open(port)
-        await pub.send(connect("p", version=4))
-        await pub.packet()
+        pub = await RawClient.connected(port, "p")
         n = 300  # 18 MB: more than the stuck client's socket buffers and outbox
         for _ in range(n):
             await pub.send(publish("z", b"y" * 60000))
@@ -79,22 +71,14 @@ async def test_stuck_subscriber_holds_a_publisher_back_only_max_pause(nursery: t
 async def test_publishers_not_feeding_a_congested_subscriber_are_not_held(nursery: trio.Nursery) -> None:
     broker, port = await start(nursery, max_outbox_bytes=64 * 1024, max_publisher_pause=60.0)
     with trio.fail_after(30):
-        stuck = await RawClient.open(port)
-        await stuck.send(connect("stuck", version=4))
-        await stuck.packet()
+        stuck = await RawClient.connected(port, "stuck")
         await stuck.send(subscribe(1, "z", 0))
         await stuck.packet()
-        flooder = await RawClient.open(port)
-        await flooder.send(connect("flooder", version=4))
-        await flooder.packet()
-        reader = await RawClient.open(port)
-        await reader.send(connect("reader", version=4))
-        await reader.packet()
+        flooder = await RawClient.connected(port, "flooder")
+        reader = await RawClient.connected(port, "reader")
         await reader.send(subscribe(1, "other", 0))
         await reader.packet()
-        other = await RawClient.open(port)
-        await other.send(connect("other", version=4))
-        await other.packet()
+        other = await RawClient.connected(port, "other")
         async with trio.open_nursery() as inner:
 
             async def flood() -> None:
