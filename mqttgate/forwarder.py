@@ -18,8 +18,9 @@ Theory of operation
   while the socket buffer is full), as plain NATS
   publishes with a reply subject: that is an asynchronous JetStream publish,
   so up to ``nats_max_pending`` are in flight at once. One wildcard
-  subscription on our inbox receives the acks (:meth:`_on_ack`, called
-  directly by :class:`mqttgate.nats_conn.FastClient`) and completes tickets.
+  subscription on our inbox receives the acks (:meth:`_on_acks`, called
+  with each run of acks read from the socket by
+  :class:`mqttgate.nats_conn.AckParser`) and completes tickets.
 * **Retry.** QoS 1/2 keep their slot until JetStream acked them. An entry
   without an ack after an attempt timeout, or sent before a reconnect, or
   refused by JetStream (no stream, storage full), is published again, with
@@ -50,7 +51,6 @@ Theory of operation
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -69,6 +69,8 @@ from mqttgate.protocol.packets import NO_PROPERTIES
 from mqttgate.protocol.subjects import SubjectError, device_subject
 
 log = get_logger("forwarder")
+
+MSG_ID_BYTES = MSG_ID.encode()
 
 #: Most messages published in one socket write (a QoS 0 burst is
 #: drained in as few hops as possible: that is what keeps up with it).
@@ -117,7 +119,7 @@ class _Entry:
     )  # fmt: skip
 
     def __init__(
-        self, forwarder: JetStreamForwarder, key: str, qos: int, subject: str, command: bytes,
+        self, forwarder: JetStreamForwarder, key: int, qos: int, subject: str, command: bytes,
         now: float, deadline: float,
     ) -> None:  # fmt: skip
         self._forwarder = forwarder
@@ -176,19 +178,23 @@ class JetStreamForwarder:
         send, recv = trio.open_memory_channel[_Entry](config.nats_queue_size)
         self._send = send
         self._recv = recv
-        self._slots = trio.Semaphore(config.nats_max_pending)
+        #: Free pending-ack slots (nats_max_pending of them); a plain counter,
+        #: only the pump waits for one (``_slot_freed``).
+        self._free_slots = config.nats_max_pending
+        self._slot_freed: trio.Event | None = None
         #: QoS 1/2 entries from submission to ack or failure, oldest first
         #: (deadlines are submission time + forward_timeout, so also by deadline).
-        self._outstanding: dict[str, _Entry] = {}
+        self._outstanding: dict[int, _Entry] = {}
         #: The outstanding entries that hold a pending slot (taken off the channel).
-        self._inflight: dict[str, _Entry] = {}
-        self._keys = itertools.count()
-        self._prefixes: dict[tuple[Any, ...], tuple[str, bytes]] = {}
+        self._inflight: dict[int, _Entry] = {}
+        self._next_key = 0
+        self._prefixes: dict[tuple[Any, ...], tuple[str, bytes, bytes]] = {}
         self._id_prefix = secrets.token_hex(6)
         self._nc: Any = None
         # Our ack subjects: <inbox>.<key>; fixed before the first connection
         # so messages submitted while NATS is still down carry the right reply.
         self._inbox = "_INBOX." + secrets.token_hex(11)
+        self._inbox_bytes = self._inbox.encode()
         self._epoch = 0
         self._connected_flag = False
         self._closing = False
@@ -231,25 +237,25 @@ class JetStreamForwarder:
                 self.config.nats_subject_prefix, message.device_id or ANONYMOUS_DEVICE, message.topic
             )
             head = nats_conn.header_lines(message_headers(message, None))
+            cached = (subject, subject.encode(), head)
             if props is NO_PROPERTIES and len(head) + len(subject) <= PREFIX_CACHE_BYTES:
                 if len(self._prefixes) >= PREFIX_CACHE_SIZE:
                     self._prefixes.clear()  # bounded; rebuilt from the live topics
-                self._prefixes[cache_key] = (subject, head)
-        else:
-            subject, head = cached
-        key = f"{next(self._keys):x}"
-        reply = ""
+                self._prefixes[cache_key] = cached
+        subject, subject_bytes, head = cached
+        key = self._next_key
+        self._next_key = key + 1
+        payload = message.payload
         if message.qos:
             # The broker derives msg_id from the session and packet id so a
             # retransmitted PUBLISH dedups too; without one, dedup our own retries.
             # Nats-Msg-Id is the last header (headers.message_headers).
-            msg_id = message.msg_id or f"{self._id_prefix}-{key}"
-            reply = f"{self._inbox}.{key}"
-            block = head + f"{MSG_ID}: {msg_id_value(msg_id)}\r\n\r\n".encode()
+            msg_id = message.msg_id or f"{self._id_prefix}-{key:x}"
+            block = b"%s%s: %s\r\n\r\n" % (head, MSG_ID_BYTES, msg_id_value(msg_id).encode())
+            command = nats_conn.hpub(subject_bytes, b"%s.%x" % (self._inbox_bytes, key), block, payload)
         else:
-            block = head + b"\r\n"
+            command = nats_conn.hpub(subject_bytes, b"", head + b"\r\n", payload)
         now = trio.current_time()
-        command = nats_conn.pub_command_block(subject, reply, block, message.payload)
         return _Entry(self, key, message.qos, subject, command, now, now + self.config.forward_timeout)
 
     def _refused(self, message: ForwardMessage, error: SubjectError) -> None:
@@ -332,13 +338,15 @@ class JetStreamForwarder:
         self._outstanding.pop(entry.key, None)
         if entry.has_slot:
             entry.has_slot = False
-            self._slots.release()
+            self._free_slots += 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
         if entry.done is not None:
             entry.done.set()
         if self._closing and not self._inflight:
             self._idle.set()
 
-    def _complete(self, entry: _Entry, duplicate: bool) -> None:
+    def _complete(self, entry: _Entry, duplicate: bool, now: float) -> None:
         if entry.finished:
             return
         self._release(entry)
@@ -346,7 +354,7 @@ class JetStreamForwarder:
         stats.forwarded_total[entry.qos] += 1
         if duplicate:
             stats.duplicates_total += 1
-        stats.ack_latency.observe(trio.current_time() - entry.submitted)
+        stats.ack_latency.observe(now - entry.submitted)
 
     def _fail(self, entry: _Entry, reason: str) -> None:
         if entry.finished:
@@ -379,7 +387,6 @@ class JetStreamForwarder:
         needs no slot, QoS 1/2 each take one. When the slots run out, the
         entry in hand waits for one (so at most one entry beyond the bound)."""
         recv = self._recv
-        slots = self._slots
         held: _Entry | None = None
         while True:
             if held is None:
@@ -388,7 +395,11 @@ class JetStreamForwarder:
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     return
             if held.qos:
-                await slots.acquire()
+                while self._free_slots <= 0:
+                    self._slot_freed = trio.Event()
+                    await self._slot_freed.wait()
+                self._slot_freed = None
+                self._free_slots -= 1
                 held.has_slot = True
             batch = [held]
             held = None
@@ -398,11 +409,10 @@ class JetStreamForwarder:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
                 if entry.qos:
-                    try:
-                        slots.acquire_nowait()
-                    except trio.WouldBlock:
+                    if self._free_slots <= 0:
                         held = entry
                         break
+                    self._free_slots -= 1
                     entry.has_slot = True
                 batch.append(entry)
             await self._dispatch(batch)
@@ -459,26 +469,47 @@ class JetStreamForwarder:
             elif index >= sent and not entry.finished:
                 entry.sent_at = None  # not handed to NATS: the retry loop sends it
 
-    def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
-        """An ack (or error) from JetStream on ``<inbox>.<key>``; runs in the asyncio loop."""
-        entry = self._inflight.get(subject[len(self._inbox) + 1 :].decode())
-        if entry is None:
-            return  # a late ack of a message already completed or failed
-        error: str | None = None
-        if headers and headers.startswith(b"NATS/1.0 503"):
-            error = "no responders (is the stream missing?)"
-        elif b'"error"' not in data:
-            # {"stream":"MQTT", "seq":42} or {..., "duplicate": true}: only
-            # a duplicate ack contains the key.
-            self._complete(entry, b'"duplicate"' in data)
-            return
-        else:
+    def _on_acks(self, acks: nats_conn.Acks) -> None:
+        """A run of acks (or errors) from JetStream on ``<inbox>.<key>``, as
+        read from the socket; runs in the asyncio loop."""
+        inflight = self._inflight
+        skip = len(self._inbox_bytes) + 1
+        now = trio.current_time()
+        for subject, data in acks:
+            try:
+                entry = inflight.get(int(subject[skip:], 16))
+            except ValueError:
+                continue  # not one of our keys
+            if entry is None:
+                continue  # a late ack of a message already completed or failed
+            if b'"error"' not in data:
+                # {"stream":"MQTT", "seq":42} or {..., "duplicate": true}: only
+                # a duplicate ack contains the key.
+                self._complete(entry, b'"duplicate"' in data, now)
+                continue
             try:
                 reply = json.loads(data)["error"]
                 error = f"{reply.get('description')} ({reply.get('err_code')})"
             except (ValueError, KeyError, TypeError, AttributeError):
                 error = "unreadable ack"
-        # Not stored: retry (same Nats-Msg-Id) after a pause, until the deadline.
+            self._not_stored(entry, error)
+
+    def _on_ack_status(self, subject: bytes, headers: bytes) -> None:
+        """An ack with a status instead of a body (``NATS/1.0 503``)."""
+        try:
+            entry = self._inflight.get(int(subject[len(self._inbox_bytes) + 1 :], 16))
+        except ValueError:
+            return
+        if entry is not None:
+            status = headers.split(b"\r\n", 1)[0].decode(errors="replace")
+            if status.startswith("NATS/1.0 503"):
+                self._not_stored(entry, "no responders (is the stream missing?)")
+            else:
+                self._not_stored(entry, f"unexpected status {status!r}")
+
+    def _not_stored(self, entry: _Entry, error: str) -> None:
+        """JetStream did not store it: retry (same Nats-Msg-Id) after a pause,
+        until the deadline."""
         self.stats.publish_errors_total += 1
         entry.sent_at = None
         entry.not_before = trio.current_time() + self._attempt_timeout
@@ -583,7 +614,8 @@ class JetStreamForwarder:
     async def _connection(self, options: dict[str, Any]) -> None:
         """Connect (forever), set up, then follow reconnects."""
         nc = nats_conn.FastClient()
-        nc.on_ack = self._on_ack
+        nc.on_acks = self._on_acks
+        nc.on_ack_status = self._on_ack_status
         self._nc = nc
         await aio_as_trio(nc.connect)(
             **options,
@@ -593,7 +625,7 @@ class JetStreamForwarder:
             closed_cb=self._aio_closed,
         )
         log.info("nats_connected", server=_server_name(nc.connected_url))
-        # No callback: FastClient hands these messages to _on_ack directly.
+        # No callback: FastClient hands these messages to _on_acks directly.
         subscription = await aio_as_trio(nc.subscribe)(self._inbox + ".*")
         nc.ack_sid = subscription._id
         try:

@@ -24,6 +24,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.transport import TcpTransport
 from nats.js.api import StorageType, StreamConfig
+from nats.protocol.parser import AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
 
 from mqttgate.config import Config, ConfigError
 
@@ -49,6 +50,68 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: ``(subject, payload)`` of each ack in one chunk read from the server.
+Acks = list[tuple[bytes, bytes]]
+
+
+def scan_acks(data: bytes, sid: bytes) -> tuple[Acks, int]:
+    """The complete ``MSG`` frames for subscription ``sid`` at the start of
+    ``data``, and the offset where something else (another operation, or a
+    frame cut off by the end of the read) begins.
+
+    JetStream acks are ``MSG <inbox>.<key> <sid>  <size>\\r\\n<json>\\r\\n``
+    (no reply subject, hence nats-server's double space). One split of the
+    whole read gives control line and body pairs; the size check stops at a
+    body that itself held a CRLF, so framing never depends on the content.
+    """
+    acks: Acks = []
+    parts = data.split(b"\r\n")
+    pos = 0
+    # The last part is what follows the last CRLF: never a complete frame.
+    for index in range(0, len(parts) - 2, 2):
+        line = parts[index]
+        body = parts[index + 1]
+        fields = line.split(b" ")  # MSG <subject> <sid> [<reply>] <size>
+        if len(fields) < 4 or fields[0] != b"MSG" or fields[2] != sid or fields[-1] != b"%d" % len(body):
+            break
+        acks.append((fields[1], body))
+        pos += len(line) + len(body) + 4
+    return acks, pos
+
+
+class AckParser(Parser):
+    """nats-py's protocol parser with a fast path for runs of JetStream acks.
+
+    Under load almost every byte the server sends is an ack on our inbox.
+    nats-py parses each with several regexes and awaits a coroutine per
+    message; :func:`scan_acks` reads a whole run with one regex per frame and
+    hands the batch to ``nc.on_acks`` in one call. Anything else (PING, INFO,
+    -ERR, an HMSG "no responders", a frame cut off at the end of a read) goes
+    to nats-py's own parser, whose buffer and state this keeps consistent.
+    """
+
+    nc: FastClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        if self.state == AWAITING_MSG_PAYLOAD:
+            # nats-py is in the middle of a frame: let it finish that one.
+            need = self.needed + CRLF_SIZE - len(self.buf)
+            if len(data) <= need:
+                await super().parse(data)
+                return
+            await super().parse(data[:need])
+            data = data[need:]
+        if self.buf:  # the start of a control line held from the last read
+            data = bytes(self.buf) + data
+            self.buf = bytearray()
+        nc = self.nc
+        acks, pos = scan_acks(data, nc.ack_sid_bytes)
+        if acks and nc.on_acks is not None:
+            nc.on_acks(acks)
+        if pos < len(data):
+            await super().parse(data[pos:])
+
+
 class FastClient(Client):
     """nats-py's client with a fast path for the forwarder's hot loop.
 
@@ -57,23 +120,44 @@ class FastClient(Client):
       :func:`pub_command`, reused for retries) to the socket instead of
       re-validating and re-encoding headers on every publish and waking the
       flusher task;
-    * messages on the ack subscription (``ack_sid``) go straight to
-      ``on_ack(subject, data, headers)`` without nats-py's per-message
-      ``Msg`` object, queue and task.
+    * acks on the ack subscription (``ack_sid``) go straight to
+      ``on_acks([(subject, data), ...])``, a run of them per call
+      (:class:`AckParser`), without nats-py's per-message ``Msg`` object,
+      queue and task.
 
     Both lean on nats-py 2.16 internals (``_send_command``, ``_pending``,
-    ``_transport``, ``_process_msg``); nats-py is pinned, and the forwarder
-    tests cover them.
+    ``_transport``, ``_ps``, ``_process_msg``); nats-py is pinned, and the
+    forwarder tests cover them.
     """
 
-    ack_sid: int = -1
-    on_ack: Callable[[bytes, bytes, bytes | None], None] | None = None
+    on_acks: Callable[[Acks], None] | None = None
+    #: An ack with a status header instead (``NATS/1.0 503``: no responders).
+    on_ack_status: Callable[[bytes, bytes], None] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = AckParser(self)
+        self.ack_sid = -1
+
+    @property
+    def ack_sid(self) -> int:
+        return self._ack_sid
+
+    @ack_sid.setter
+    def ack_sid(self, sid: int) -> None:
+        self._ack_sid = sid
+        self.ack_sid_bytes = str(sid).encode()
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
-        if sid == self.ack_sid and self.on_ack is not None:
-            self.on_ack(subject, data, headers)
+        # The acks AckParser left to nats-py's parser (an HMSG, or a frame
+        # split across two reads).
+        if sid == self._ack_sid and self.on_acks is not None:
+            if headers and self.on_ack_status is not None:
+                self.on_ack_status(subject, headers)
+            else:
+                self.on_acks([(subject, data)])
             return
         await super()._process_msg(sid, subject, reply, data, headers)
 
@@ -142,7 +226,7 @@ def pub_command(subject: str, reply: str, headers: dict[str, str], payload: byte
     Header names and values must already be safe (``mqttgate.headers`` makes
     them so): no CR/LF, no leading or trailing whitespace.
     """
-    return pub_command_block(subject, reply, header_lines(headers) + b"\r\n", payload)
+    return hpub(subject.encode(), reply.encode(), header_lines(headers) + b"\r\n", payload)
 
 
 def header_lines(headers: dict[str, str]) -> bytes:
@@ -151,14 +235,12 @@ def header_lines(headers: dict[str, str]) -> bytes:
     return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()])).encode()
 
 
-def pub_command_block(subject: str, reply: str, block: bytes, payload: bytes) -> bytes:
+def hpub(subject: bytes, reply: bytes, block: bytes, payload: bytes) -> bytes:
     """``HPUB`` with a complete, encoded header block (ending in an empty line)."""
     size = len(block)
     if reply:
-        line = f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n"
-    else:
-        line = f"HPUB {subject} {size} {size + len(payload)}\r\n"
-    return b"".join((line.encode(), block, payload, b"\r\n"))
+        return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, size, size + len(payload), block, payload)
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, size, size + len(payload), block, payload)
 
 
 def servers(config: Config) -> list[str]:

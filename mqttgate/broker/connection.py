@@ -55,7 +55,7 @@ from mqttgate.broker.delivery import SessionHandle
 from mqttgate.broker.handlers import HANDLERS
 from mqttgate.forward import DONE, ForwardFailed, ForwardMessage, ForwardRefused
 from mqttgate.logs import get_logger
-from mqttgate.protocol.codec import Decoder, encode
+from mqttgate.protocol.codec import Decoder, PacketTooLargeForPeer, encode
 from mqttgate.protocol.packets import (
     NO_PROPERTIES,
     Connack,
@@ -429,7 +429,13 @@ class Connection:
 
     def _send_connack(self, connack: Connack) -> None:
         if self.version == _V5:
-            self.write(encode(connack, _V5))
+            try:
+                # v5 [MQTT-3.2.2-19], [MQTT-3.2.2-20]: the Reason String and
+                # User Properties go if the CONNACK would exceed the client's
+                # Maximum Packet Size; if it still does, nothing is sent.
+                self.write(encode(connack, _V5, max_packet_size=self.peer_max_packet_size))
+            except PacketTooLargeForPeer:
+                pass
             return
         if connack_return_code_v311(connack.reason_code) is not None:
             self.write(encode(Connack(connack.reason_code, connack.session_present), ProtocolVersion.V311))
@@ -440,6 +446,9 @@ class Connection:
         limits = broker.limits
         self.version = connect.protocol_version
         self.client_id = connect.client_id
+        if self.version == _V5:
+            # Known from here on, so that refusing CONNACKs respect it too.
+            self.peer_max_packet_size = connect.properties.maximum_packet_size
         if connect.protocol_version == ProtocolVersion.V31:
             self._refuse(_R.UNSUPPORTED_PROTOCOL_VERSION, "MQTT 3.1 is not supported")
             return False
@@ -530,9 +539,7 @@ class Connection:
             keepalive=plan.keepalive,
         )
         if present:
-            for packet in handle.session.resend():
-                self.write(encode(packet, self.version))
-            handle.pump()
+            handle.resend()
         return True
 
     async def _read_loop(self) -> None:
@@ -669,7 +676,10 @@ class Connection:
             self.close_reason = error.reason
             return
         if version == _V5:
-            self.write(encode(Connack(error.reason, False), _V5))
+            data = encode(Connack(error.reason, False), _V5)
+            peer_max = self.peer_max_packet_size
+            if peer_max is None or len(data) <= peer_max:  # v5 [MQTT-3.1.2-24]
+                self.write(data)
         elif error.reason == _R.UNSUPPORTED_PROTOCOL_VERSION:
             # v311 [MQTT-3.1.2-2]: return code 0x01, also for levels we do not know.
             self.write(encode(Connack(error.reason), ProtocolVersion.V311))
@@ -685,13 +695,13 @@ class Connection:
                 reason = self.close_reason
                 if reason is not None and self.connected and self.version == _V5:
                     props = _reason_props(self.version, _CLOSE_DETAIL.get(reason, ""))
-                    data = encode(Disconnect(reason, props), _V5)
-                    peer_max = self.peer_max_packet_size
-                    if peer_max is not None and len(data) > peer_max:
-                        # v5 [MQTT-3.1.2-24]: never larger than the client's
-                        # Maximum Packet Size; the Reason String is what can go.
-                        data = encode(Disconnect(reason), _V5)
-                    self.write(data)
+                    try:
+                        # v5 [MQTT-3.14.2-3], [MQTT-3.14.2-4]: the Reason
+                        # String and User Properties go if the DISCONNECT
+                        # would exceed the client's Maximum Packet Size.
+                        self.write(encode(Disconnect(reason, props), _V5, max_packet_size=self.peer_max_packet_size))
+                    except PacketTooLargeForPeer:
+                        pass  # v5 [MQTT-3.1.2-24]: not even the reason code fits
                 await self._drain()
             for task_scope in (self.writer_scope, self.acker_scope):
                 if task_scope is not None:
@@ -825,24 +835,45 @@ class Connection:
             return None
         return self._queue_ack(pid, qos, DONE)
 
-    async def _forward(self, message: Message, pid: int, qos: int) -> None:
-        broker = self.broker
+    def _forward(self, message: Message, pid: int, qos: int) -> Awaitable[None] | None:
+        """Hand a QoS 1/2 message to the forwarder; its ack waits for the
+        ticket. Returns what to await only when this must wait (no room in
+        the forward queue or in the ack queue): the common case costs no
+        coroutine."""
         forwarded = self._forward_message(message, self.handle.session.inbound_msg_id(pid))  # type: ignore[union-attr]
         # Queue without waiting when there is room: flushing this batch's
         # output before every forwarded message cost ~11% of the process.
-        ticket = broker.forwarder.try_submit(forwarded)
+        ticket = self.broker.forwarder.try_submit(forwarded)
         if ticket is None:
-            # The forward queue is full: this wait is the backpressure that
-            # stops reading the device; send what the batch produced first.
-            self._unbatch()
-            ticket = await broker.forwarder.submit(forwarded)
-            broker.batching = True
+            return self._forward_waiting(forwarded, pid, qos)
+        if ticket is DONE and not self.acks:
+            self._ack(pid, qos, _R.SUCCESS)
+            return None
+        return self._queue_ack(pid, qos, ticket)
+
+    async def _forward_waiting(self, forwarded: ForwardMessage, pid: int, qos: int) -> None:
+        # The forward queue is full: this wait is the backpressure that
+        # stops reading the device; send what the batch produced first.
+        broker = self.broker
+        self._unbatch()
+        ticket = await broker.forwarder.submit(forwarded)
+        broker.batching = True
         if ticket is DONE and not self.acks:
             self._ack(pid, qos, _R.SUCCESS)
             return
-        await self._queue_ack(pid, qos, ticket)
+        waiting = self._queue_ack(pid, qos, ticket)
+        if waiting is not None:
+            await waiting
 
-    async def _queue_ack(self, pid: int, qos: int, ticket: Any) -> None:
+    def _queue_ack(self, pid: int, qos: int, ticket: Any) -> Awaitable[None] | None:
+        """Queue the ack of ``pid`` behind ``ticket`` (acks go out in order);
+        returns what to await when the queue is full."""
+        if self.acks and len(self.acks) >= self.broker.limits.receive_maximum and self.acking:
+            return self._queue_ack_waiting(pid, qos, ticket)
+        self._append_ack(pid, qos, ticket)
+        return None
+
+    async def _queue_ack_waiting(self, pid: int, qos: int, ticket: Any) -> None:
         broker = self.broker
         limits = broker.limits
         while len(self.acks) >= limits.receive_maximum and self.acking and self.acks_done is not None:
@@ -850,6 +881,9 @@ class Connection:
             self._unbatch()
             await self.acks_done.wait()
             broker.batching = True
+        self._append_ack(pid, qos, ticket)
+
+    def _append_ack(self, pid: int, qos: int, ticket: Any) -> None:
         if not self.acks:
             self.acks = collections.deque()
         self.acks.append((pid, qos, ticket))
@@ -929,10 +963,14 @@ class Connection:
         while acks:
             pid, qos, ticket = acks[0]
             reason = _R.SUCCESS
-            if not getattr(ticket, "finished", True):
+            # A completed JetStream ticket is settled here without a call;
+            # other tickets (None: DONE, refused, closed) answer at once.
+            finished = getattr(ticket, "finished", None)
+            if finished is False:
                 self._unbatch()
             try:
-                await ticket.wait()
+                if finished is not True or ticket.failed:
+                    await ticket.wait()
                 broker.batching = True
             except ForwardRefused:
                 # The topic can never become a NATS subject: retrying (the
