@@ -20,6 +20,12 @@ never waits:
 :meth:`SessionHandle.pump` moves queued messages into the window when acks
 arrive or the outbox drains.
 
+Resuming a session (:meth:`SessionHandle.resend`): the unacknowledged PUBLISHes
+are retransmitted (DUP) only as far as the new connection's window allows; the
+rest are held and retransmitted one per acknowledgement by ``pump``, before any
+queued message (``Session.resend``). A retransmission that no longer fits the
+client's Maximum Packet Size is discarded as if delivered (v5 [MQTT-3.1.2-25]).
+
 Overload control (:class:`Overload`): a delivery that leaves a session over
 half its outbox or queue makes it *congested*; publishers then stop being read
 (``Connection._read_loop`` holds their next PUBLISH) until it is relieved, or
@@ -36,8 +42,8 @@ import attrs
 
 from mqttgate.broker.stats import BrokerStats
 from mqttgate.logs import get_logger
-from mqttgate.protocol.codec import encode
-from mqttgate.protocol.packets import Publish
+from mqttgate.protocol.codec import PacketTooLargeForPeer, encode
+from mqttgate.protocol.packets import Publish, Pubrel
 from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
 from mqttgate.protocol.session import Message, Overflow, Session, outgoing_properties
 
@@ -283,10 +289,39 @@ class SessionHandle:
         self.stats.messages_out[qos] += 1
         conn.write(data)
 
+    def resend(self) -> None:
+        """Retransmit on a resumed session (the connection is attached, its window set)."""
+        conn = self.conn
+        assert conn is not None
+        for packet in self.session.resend():
+            self._retransmit(conn, packet)
+        self.pump()
+
+    def _retransmit(self, conn: Connection, packet: Publish | Pubrel) -> None:
+        if type(packet) is Pubrel:
+            conn.write(encode(packet, conn.version))
+            return
+        try:
+            # No topic alias: a retransmission carries its whole topic.
+            data = encode(packet, conn.version, max_packet_size=conn.peer_max_packet_size)
+        except PacketTooLargeForPeer:
+            # v5 [MQTT-3.1.2-25]: the new connection may have a smaller Maximum
+            # Packet Size than the one the PUBLISH first went out on.
+            self.session.forget(packet.packet_id)  # type: ignore[arg-type]
+            self.stats.too_large_dropped += 1
+            return
+        conn.write(data)
+
     def pump(self) -> None:
         """Move queued QoS 1/2 messages into the window while there is room."""
         conn = self.conn
         session = self.session
+        if session.held and conn is not None:
+            # Held retransmissions first, one per free slot of the window
+            # (Session.resend). Not bounded by the outbox: each replaces an
+            # acknowledged PUBLISH, and the resend that held them was not either.
+            while (held := session.next_held()) is not None:
+                self._retransmit(conn, held)
         queue = session.queue
         while queue and conn is not None and session.has_room() and conn.out_bytes < self.limit:
             message, qos, retain, sub_ids = queue.popleft()

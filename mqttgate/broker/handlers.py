@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mqttgate.logs import get_logger
-from mqttgate.protocol.codec import encode
+from mqttgate.protocol.codec import encode, encode_varint
 from mqttgate.protocol.packets import (
     Auth,
     Disconnect,
@@ -47,7 +47,8 @@ _WILL_KEEPING = frozenset({_R.DISCONNECT_WITH_WILL_MESSAGE})
 def on_puback(conn: Connection, packet: Puback) -> None:
     handle = conn.handle
     assert handle is not None
-    if handle.session.on_puback(packet.packet_id) and handle.session.queue:
+    session = handle.session
+    if session.on_puback(packet.packet_id) and (session.queue or session.held):
         handle.pump()
 
 
@@ -57,7 +58,7 @@ def on_pubrec(conn: Connection, packet: Pubrec) -> None:
     pubrel = handle.session.on_pubrec(packet.packet_id, packet.reason_code)
     if pubrel is not None:
         conn.write(encode(pubrel, conn.version))
-    elif handle.session.queue:
+    elif handle.session.queue or handle.session.held:
         handle.pump()
 
 
@@ -76,11 +77,32 @@ def on_pubrel(conn: Connection, packet: Pubrel) -> None:
 def on_pubcomp(conn: Connection, packet: Pubcomp) -> None:
     handle = conn.handle
     assert handle is not None
-    if handle.session.on_pubcomp(packet.packet_id) and handle.session.queue:
+    session = handle.session
+    if session.on_pubcomp(packet.packet_id) and (session.queue or session.held):
         handle.pump()
 
 
+def _check_ack_fits(conn: Connection, count: int, name: str) -> None:
+    """v5 [MQTT-3.1.2-24]: a SUBACK/UNSUBACK has one reason code per filter and
+    no property we could drop (we send none), so if the one for ``count``
+    filters would exceed the client's Maximum Packet Size the request is not
+    carried out and the client is disconnected with 0x95 (the spec says
+    nothing of this case; silence would leave the client waiting for ever)."""
+    peer_max = conn.peer_max_packet_size
+    if peer_max is None:
+        return
+    remaining = 3 + count  # packet id, property length 0, the reason codes
+    size = 1 + len(encode_varint(remaining)) + remaining
+    if size > peer_max:
+        raise MQTTError(
+            _R.PACKET_TOO_LARGE,
+            f"{name} for {count} topic filters ({size} bytes) exceeds the client's "
+            f"Maximum Packet Size of {peer_max} bytes (v5 [MQTT-3.1.2-24])",
+        )
+
+
 def on_subscribe(conn: Connection, packet: Subscribe) -> None:
+    _check_ack_fits(conn, len(packet.subscriptions), "SUBACK")
     broker = conn.broker
     limits = broker.limits
     handle = conn.handle
@@ -140,6 +162,7 @@ def on_subscribe(conn: Connection, packet: Subscribe) -> None:
 
 
 def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+    _check_ack_fits(conn, len(packet.topic_filters), "UNSUBACK")
     broker = conn.broker
     session = conn.handle.session  # type: ignore[union-attr]
     codes = []

@@ -21,6 +21,13 @@ Outbound QoS 1/2 flow (server -> client), per packet id::
     queued --(window has room)--> SENT --PUBACK--> done            (QoS 1)
                                   SENT --PUBREC--> RELEASED --PUBCOMP--> done (QoS 2)
 
+The window is the client's Receive Maximum (capped by ``max_inflight``): every
+entry of ``inflight``, SENT or RELEASED, counts against it until its PUBACK,
+PUBCOMP or error PUBREC (v5 [MQTT-3.3.4-9]). On a resumed session the window
+is the new connection's; :meth:`Session.resend` retransmits what fits and
+*holds* the rest of the SENT entries (still in ``inflight``, in order), which
+:meth:`Session.next_held` releases one per free slot, before anything queued.
+
 Inbound QoS 2 flow (client -> server): PUBLISH -> (routed once) -> PUBREC ->
 PUBREL -> PUBCOMP; the packet id stays in ``awaiting_release`` until PUBREL, so
 a retransmitted PUBLISH is acknowledged again but not routed twice
@@ -36,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from mqttgate.protocol._encode import PacketTooLargeForPeer, encode
 from mqttgate.protocol.packets import (
     NO_PROPERTIES,
     Connack,
@@ -133,7 +141,7 @@ def negotiate(connect: Connect, limits: Limits, assign_id: str) -> ConnectPlan:
             expiry = limits.max_session_expiry
     else:
         expiry = 0 if connect.clean_start else limits.max_session_expiry
-    return ConnectPlan(
+    plan = ConnectPlan(
         ReasonCode.SUCCESS,
         client_id=client_id,
         assigned=assigned,
@@ -143,6 +151,28 @@ def negotiate(connect: Connect, limits: Limits, assign_id: str) -> ConnectPlan:
         peer_receive_maximum=(props.receive_maximum or 65535) if v5 else 65535,
         peer_max_packet_size=props.maximum_packet_size if v5 else None,
     )
+    if plan.peer_max_packet_size is not None:
+        connack = connack_for(
+            plan, connect.protocol_version, limits, session_present=False,
+            requested_expiry=props.session_expiry_interval,
+        )
+        try:
+            encode(connack, connect.protocol_version, max_packet_size=plan.peer_max_packet_size)
+        except PacketTooLargeForPeer as error:
+            # v5 [MQTT-3.1.2-24]: the CONNACK may not exceed the client's
+            # Maximum Packet Size, and none of its properties may be left out:
+            # Assigned Client Identifier ([MQTT-3.2.2-16]), Server Keep Alive
+            # ([MQTT-3.2.2-22]: else we would have to use the client's),
+            # Session Expiry, Receive Maximum, Maximum Packet Size and Topic
+            # Alias Maximum all change what the client may do. So refuse with
+            # 0x95, whose CONNACK has no property left after the Reason String
+            # is dropped ([MQTT-3.2.2-19]).
+            return ConnectPlan(
+                ReasonCode.PACKET_TOO_LARGE,
+                f"the CONNACK ({error.size} bytes) exceeds the client's Maximum "
+                f"Packet Size of {error.limit} bytes (v5 [MQTT-3.1.2-24])",
+            )
+    return plan
 
 
 def connack_for(
@@ -264,6 +294,7 @@ class Session:
         "client_id",
         "counter",
         "expiry",
+        "held",
         "inbound_ids",
         "inflight",
         "max_queued",
@@ -295,6 +326,10 @@ class Session:
         self.next_packet_id = 1
         #: Messages we may have in flight to the client right now.
         self.window = 0
+        #: Packet ids in ``inflight`` (SENT) not yet retransmitted on this
+        #: connection because the window was full (:meth:`resend`), oldest
+        #: first. An empty tuple unless a resume found more than the window.
+        self.held: Any = ()
         #: topic filter (as subscribed, with any $share prefix) -> options.
         self.subscriptions: dict[str, SubOptions] = {}
 
@@ -341,7 +376,17 @@ class Session:
         return pid
 
     def has_room(self) -> bool:
-        return len(self.inflight) < self.window
+        """Room for a new QoS 1/2 PUBLISH: held retransmissions go first."""
+        return len(self.inflight) < self.window and not self.held
+
+    def _unhold(self, packet_id: int) -> None:
+        # An acknowledgement for a held id (the client had the PUBLISH from the
+        # previous connection): it is done, never retransmitted.
+        held = self.held
+        if packet_id in held:
+            held.remove(packet_id)
+            if not held:
+                self.held = ()
 
     def start(
         self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties
@@ -355,6 +400,8 @@ class Session:
     def forget(self, packet_id: int) -> None:
         """Drop an in-flight entry that could not be sent (too large for the peer)."""
         self.inflight.pop(packet_id, None)
+        if self.held:
+            self._unhold(packet_id)
 
     def enqueue(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
         """Queue a QoS 1/2 delivery; raises :class:`Overflow` when full."""
@@ -370,6 +417,8 @@ class Session:
         if entry is None or entry[0] is not OutState.SENT or entry[1].qos != 1:
             return False
         del self.inflight[packet_id]
+        if self.held:
+            self._unhold(packet_id)
         return True
 
     def on_pubrec(self, packet_id: int, reason: ReasonCode) -> Pubrel | None:
@@ -378,6 +427,9 @@ class Session:
         if entry is None or entry[1].qos != 2:
             # v5 [MQTT-4.3.3-4]: PUBREL with 0x92 for an unknown id.
             return Pubrel(packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND)
+        if self.held:
+            # v5 [MQTT-4.3.3-6]: past PUBREC a PUBLISH is never sent again.
+            self._unhold(packet_id)
         if reason.is_error:
             # v5 section 4.3.3: a PUBREC with an error ends the flow.
             del self.inflight[packet_id]
@@ -393,22 +445,50 @@ class Session:
         return True
 
     def resend(self) -> list[Publish | Pubrel]:
-        """What to retransmit on a resumed session, in the original order.
+        """What to retransmit now on a resumed session, in the original order.
 
         v5 [MQTT-4.4.0-1], v311 [MQTT-4.4.0-1]: unacknowledged PUBLISHes with
-        DUP set, and PUBRELs for QoS 2 messages already received.
+        DUP set and their original packet ids, and PUBRELs for QoS 2 messages
+        already received. Call after setting ``window`` for the new connection.
+
+        v5 [MQTT-3.3.4-9]: at most ``window`` (the new Receive Maximum) QoS 1/2
+        PUBLISHes without PUBACK, PUBCOMP or error PUBREC. A message past
+        PUBREC has had no PUBCOMP yet, so it counts too (v5 section 4.9 lets
+        the quota grow back only on PUBACK, PUBCOMP or error PUBREC). Every
+        PUBREL goes now (v5 [MQTT-3.3.4-10], [MQTT-4.9.0-3]: only PUBLISHes
+        wait for the window), then the PUBLISHes that fit in what the PUBRELs
+        left of the window. The others are held, in order, for
+        :meth:`next_held` (v5 [MQTT-4.6.0-6]: nothing queued overtakes them).
         """
         out: list[Publish | Pubrel] = []
-        for pid, (state, publish) in self.inflight.items():
-            if state is OutState.SENT:
+        inflight = self.inflight
+        room = self.window - sum(1 for state, _ in inflight.values() if state is OutState.RELEASED)
+        held: list[int] = []
+        for pid, (state, publish) in inflight.items():
+            if state is OutState.RELEASED:
+                out.append(Pubrel(pid))
+            elif room > 0:
+                room -= 1
                 out.append(attrs.evolve(publish, dup=True))
             else:
-                out.append(Pubrel(pid))
+                held.append(pid)
+        self.held = collections.deque(held) if held else ()
         return out
+
+    def next_held(self) -> Publish | None:
+        """The next held retransmission (DUP set) if the window has room, else None."""
+        held = self.held
+        if not held or len(self.inflight) - len(held) >= self.window:
+            return None
+        pid = held.popleft()
+        if not held:
+            self.held = ()
+        return attrs.evolve(self.inflight[pid][1], dup=True)
 
     def reset_connection_state(self) -> None:
         """Clean Start on an existing session: nothing of it survives."""
         self.inflight.clear()
+        self.held = ()
         self.queue = ()
         self.awaiting_release = _NO_IDS
         self.inbound_ids.clear()
