@@ -70,7 +70,10 @@ from mqttgate.protocol.subjects import SubjectError, device_subject
 
 log = get_logger("forwarder")
 
-MSG_ID_BYTES = MSG_ID.encode()
+#: ``Nats-Msg-Id: `` and the size it adds to a header block with its value
+#: and the block's final empty line.
+MSG_ID_LINE = MSG_ID.encode() + b": "
+MSG_ID_LINE_SIZE = len(MSG_ID_LINE) + 4
 
 #: Most messages published in one socket write (a QoS 0 burst is
 #: drained in as few hops as possible: that is what keeps up with it).
@@ -102,9 +105,7 @@ class _Entry:
     """One message on its way to JetStream; also its :class:`Ticket`."""
 
     __slots__ = (
-        "_forwarder",
         "command",
-        "deadline",
         "done",
         "failed",
         "finished",
@@ -114,22 +115,16 @@ class _Entry:
         "qos",
         "sent_at",
         "sent_epoch",
-        "subject",
         "submitted",
     )  # fmt: skip
 
-    def __init__(
-        self, forwarder: JetStreamForwarder, key: int, qos: int, subject: str, command: bytes,
-        now: float, deadline: float,
-    ) -> None:  # fmt: skip
-        self._forwarder = forwarder
+    def __init__(self, key: int, qos: int, command: bytes, now: float) -> None:
         self.key = key
         self.qos = qos
-        self.subject = subject
         #: The encoded HPUB, built once and reused by every retry.
         self.command = command
+        #: Its deadline is this plus forward_timeout (JetStreamForwarder._expiry_loop).
         self.submitted = now
-        self.deadline = deadline
         self.sent_at: float | None = None
         self.sent_epoch = -1
         self.not_before = 0.0
@@ -151,7 +146,12 @@ class _Entry:
                 self.done = trio.Event()
             await self.done.wait()
         if self.failed:
-            raise ForwardFailed(f"not stored in JetStream within {self._forwarder.config.forward_timeout:g}s")
+            raise ForwardFailed("not stored in JetStream before the forward deadline (MQTTGATE_FORWARD_TIMEOUT)")
+
+    @property
+    def subject(self) -> str:
+        """The NATS subject (for logs): the second word of the HPUB line."""
+        return self.command.split(b" ", 2)[1].decode(errors="replace")
 
 
 class _RefusedTicket:
@@ -188,7 +188,7 @@ class JetStreamForwarder:
         #: The outstanding entries that hold a pending slot (taken off the channel).
         self._inflight: dict[int, _Entry] = {}
         self._next_key = 0
-        self._prefixes: dict[tuple[Any, ...], tuple[str, bytes, bytes]] = {}
+        self._prefixes: dict[tuple[Any, ...], tuple[bytes, bytes, bytes]] = {}
         self._id_prefix = secrets.token_hex(6)
         self._nc: Any = None
         # Our ack subjects: <inbox>.<key>; fixed before the first connection
@@ -235,14 +235,16 @@ class JetStreamForwarder:
         if cached is None:
             subject = device_subject(
                 self.config.nats_subject_prefix, message.device_id or ANONYMOUS_DEVICE, message.topic
-            )
+            ).encode()
             head = nats_conn.header_lines(message_headers(message, None))
-            cached = (subject, subject.encode(), head)
+            # HPUB <subject> <inbox>.<key> <header size> <total size>\r\n<headers>\r\n<payload>\r\n
+            # (QoS 0 has no reply subject: nats-server's own MQTT does not wait either).
+            cached = (b"HPUB %s %s." % (subject, self._inbox_bytes), b"HPUB %s " % subject, head)
             if props is NO_PROPERTIES and len(head) + len(subject) <= PREFIX_CACHE_BYTES:
                 if len(self._prefixes) >= PREFIX_CACHE_SIZE:
                     self._prefixes.clear()  # bounded; rebuilt from the live topics
                 self._prefixes[cache_key] = cached
-        subject, subject_bytes, head = cached
+        reply_line, plain_line, head = cached
         key = self._next_key
         self._next_key = key + 1
         payload = message.payload
@@ -250,13 +252,15 @@ class JetStreamForwarder:
             # The broker derives msg_id from the session and packet id so a
             # retransmitted PUBLISH dedups too; without one, dedup our own retries.
             # Nats-Msg-Id is the last header (headers.message_headers).
-            msg_id = message.msg_id or f"{self._id_prefix}-{key:x}"
-            block = b"%s%s: %s\r\n\r\n" % (head, MSG_ID_BYTES, msg_id_value(msg_id).encode())
-            command = nats_conn.hpub(subject_bytes, b"%s.%x" % (self._inbox_bytes, key), block, payload)
+            msg_id = msg_id_value(message.msg_id or f"{self._id_prefix}-{key:x}").encode()
+            size = len(head) + MSG_ID_LINE_SIZE + len(msg_id)
+            command = b"%s%x %d %d\r\n%s%s%s\r\n\r\n%s\r\n" % (
+                reply_line, key, size, size + len(payload), head, MSG_ID_LINE, msg_id, payload
+            )
         else:
-            command = nats_conn.hpub(subject_bytes, b"", head + b"\r\n", payload)
-        now = trio.current_time()
-        return _Entry(self, key, message.qos, subject, command, now, now + self.config.forward_timeout)
+            size = len(head) + 2
+            command = b"%s%d %d\r\n%s\r\n%s\r\n" % (plain_line, size, size + len(payload), head, payload)
+        return _Entry(key, message.qos, command, trio.current_time())
 
     def _refused(self, message: ForwardMessage, error: SubjectError) -> None:
         self.stats.refused_total += 1
@@ -524,10 +528,10 @@ class JetStreamForwarder:
         ends their ``Ticket.wait`` (within TICK_S) and frees their slot."""
         while True:
             await trio.sleep(TICK_S)
-            now = trio.current_time()
+            horizon = trio.current_time() - self.config.forward_timeout
             expired = []
             for entry in self._outstanding.values():  # oldest, i.e. earliest deadline, first
-                if entry.deadline > now:
+                if entry.submitted > horizon:
                     break
                 expired.append(entry)
             for entry in expired:

@@ -14,7 +14,7 @@ from mqttgate import headers as h
 from mqttgate import nats_conn
 from mqttgate.config import ConfigError
 from mqttgate.forward import ForwardMessage
-from mqttgate.protocol.packets import Properties
+from mqttgate.protocol.packets import NO_PROPERTIES, Properties
 from tests.conftest import make_config
 
 # MQTT strings: any code point but NUL and surrogates (v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]).
@@ -141,3 +141,30 @@ def test_pub_command_is_what_nats_py_would_send(reply: str) -> None:
     expected = hpub_cmd("mqtt.d.a.b", reply, bytes(block), payload)
     got = nats_conn.pub_command("mqtt.d.a.b", reply, headers, payload)
     assert got == (expected if reply else expected.replace(b"HPUB mqtt.d.a.b  ", b"HPUB mqtt.d.a.b "))
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+@pytest.mark.parametrize("props", [NO_PROPERTIES, Properties(content_type="x/y", user_properties=(("k", "\u00e9"),))])
+def test_forwarder_commands_are_what_nats_py_would_send(qos: int, props: Properties) -> None:
+    """The forwarder builds its HPUBs in one formatting step from cached
+    parts: byte for byte nats-py's encoding, first and cached alike."""
+    from nats.aio.client import NATS_HDR_LINE
+    from nats.protocol.command import hpub_cmd
+
+    from mqttgate.forwarder import JetStreamForwarder
+
+    forwarder = JetStreamForwarder(make_config(forward=True))
+    message = ForwardMessage("a/b.c", b"\x00\r\n payload", qos, True, "c", "dev1", "t", "u", props,
+                             "sess:7:1" if qos else None)  # fmt: skip
+    for _ in range(2):
+        entry = forwarder._entry(message)
+        block = bytearray(NATS_HDR_LINE + b"\r\n")
+        for key, value in h.message_headers(message, message.msg_id).items():
+            block += f"{key}: {value}\r\n".encode()
+        block += b"\r\n"
+        reply = f"{forwarder._inbox}.{entry.key:x}" if qos else ""
+        expected = hpub_cmd("mqtt.dev1.a//b.c", reply, bytes(block), message.payload)
+        if not reply:
+            expected = expected.replace(b"HPUB mqtt.dev1.a//b.c  ", b"HPUB mqtt.dev1.a//b.c ")
+        assert entry.command == expected
+        assert entry.subject == "mqtt.dev1.a//b.c"
