@@ -246,6 +246,13 @@ class Decoder:
             if len(buf) < end:
                 return None
             self._pos = end
+            if b0 == 0x40 and length == 2:
+                # PUBACK without reason code or properties: what every QoS 1
+                # subscriber sends for every message (both versions).
+                ack_id = (buf[start] << 8) | buf[start + 1]
+                if not ack_id:
+                    raise protocol_error("PUBACK with packet identifier 0 (v5 [MQTT-2.2.1-3])")
+                return Puback(ack_id)
             if b0 >> 4 != 3:
                 body = self._view[start:end]
                 try:

@@ -256,6 +256,10 @@ class _FilterNode(Generic[K, V]):
         return not self.subs and not self.children and self.plus is None and self.hash is None
 
 
+#: Topics whose match() result a TopicTrie keeps (each a short list).
+MATCH_CACHE_SIZE = 4096
+
+
 class TopicTrie(Generic[K, V]):
     """Subscriptions indexed by filter; ``match(topic)`` finds every subscriber.
 
@@ -264,13 +268,17 @@ class TopicTrie(Generic[K, V]):
     (v5 [MQTT-3.8.4-3], v311 [MQTT-3.8.4-3]).
     """
 
-    __slots__ = ("_by_key", "_count", "_root")
+    __slots__ = ("_by_key", "_count", "_matched", "_root")
 
     def __init__(self) -> None:
         self._root: _FilterNode[K, V] = _FilterNode(None, "", "")
         # Per key: filter -> node, so remove_key and filters_of never walk the trie.
         self._by_key: dict[K, dict[str, _FilterNode[K, V]]] = {}
         self._count = 0
+        #: match() results by topic, emptied by every change to the trie:
+        #: devices publish on the same few topics over and over, and
+        #: subscriptions change far less often than messages arrive.
+        self._matched: dict[str, list[tuple[str, K, V]]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -296,6 +304,7 @@ class TopicTrie(Generic[K, V]):
         new = key not in node.subs
         node.subs[key] = value
         node._entries = None
+        self._matched.clear()
         if new:
             self._count += 1
             self._by_key.setdefault(key, {})[topic_filter] = node
@@ -333,6 +342,7 @@ class TopicTrie(Generic[K, V]):
     def _drop(self, node: _FilterNode[K, V], key: K) -> None:
         del node.subs[key]
         node._entries = None
+        self._matched.clear()
         self._count -= 1
         # Prune empty nodes up to the root so a trie that saw many short-lived
         # filters does not keep their skeleton.
@@ -351,7 +361,17 @@ class TopicTrie(Generic[K, V]):
 
         One entry per (filter, key); a key subscribed through several matching
         filters appears once per filter (merging them is the router's policy).
+        The list is shared with later calls: do not modify it.
         """
+        matched = self._matched.get(topic)
+        if matched is None:
+            matched = self._match(topic)
+            if len(self._matched) >= MATCH_CACHE_SIZE:
+                self._matched.clear()  # bounded; refilled by the live topics
+            self._matched[topic] = matched
+        return matched
+
+    def _match(self, topic: str) -> list[tuple[str, K, V]]:
         out: list[tuple[str, K, V]] = []
         levels = topic.split("/")
         root = self._root
