@@ -8,6 +8,7 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -79,6 +80,7 @@ def _serve(config: Config) -> int:
 
     logs.configure(config.log_level, config.log_format)
     log = logs.get_logger("supervisor")
+    _tune_gc()
     try:
         trio.run(supervisor.run, config)
     except KeyboardInterrupt:
@@ -92,6 +94,20 @@ def _serve(config: Config) -> int:
             log.error("crashed", error=repr(leaf), exc_info=leaf)
         return 1
     return 0
+
+
+def _tune_gc() -> None:
+    """Collect the young generation every 50,000 allocations instead of 700.
+
+    Every message allocates a few short-lived, acyclic objects (packet,
+    message, ticket), so the default threshold runs a gen-0 collection every
+    hundred or so messages, for nothing: 3-4 % of forwarded QoS 1 throughput
+    (bench/forward.py). Reference counting still frees those objects at once;
+    only garbage cycles wait longer. What was allocated at start-up (modules,
+    settings) is moved out of the collector's way for good.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
