@@ -1,4 +1,7 @@
-"""One client connection: the read loop, the outbox writer, acks and teardown.
+"""One client connection: the read loop, the outbox writer and teardown.
+
+The client's own PUBLISHes (routing, forwarding, in-order acks) are handled
+by the :class:`~mqttgate.broker.inbound.InboundPublishes` half, in ``inbound.py``.
 
 Theory of operation
 -------------------
@@ -40,12 +43,10 @@ is closed by half-closing it and discarding input until the client's EOF
 
 from __future__ import annotations
 
-import collections
 import math
 import secrets
 import socket
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -53,7 +54,7 @@ import trio
 from mqttgate.auth import ANONYMOUS, Acl, AuthDenied, Identity
 from mqttgate.broker.delivery import SessionHandle
 from mqttgate.broker.handlers import HANDLERS
-from mqttgate.forward import DONE, ForwardFailed, ForwardMessage, ForwardRefused
+from mqttgate.broker.inbound import InboundPublishes, check_response_topic
 from mqttgate.logs import get_logger
 from mqttgate.protocol.codec import Decoder, PacketTooLargeForPeer, encode
 from mqttgate.protocol.packets import (
@@ -62,9 +63,7 @@ from mqttgate.protocol.packets import (
     Connect,
     Disconnect,
     Properties,
-    Puback,
     Publish,
-    Pubrec,
     Will,
 )
 from mqttgate.protocol.reasons import (
@@ -75,10 +74,8 @@ from mqttgate.protocol.reasons import (
 )
 from mqttgate.protocol.session import (
     Limits,
-    Message,
     Session,
     connack_for,
-    message_from_publish,
     negotiate,
 )
 from mqttgate.protocol.topics import validate_topic_name
@@ -100,17 +97,12 @@ _wait_readable = trio.lowlevel.wait_readable
 _current_time = trio.current_time
 
 
-class Connection:
+class Connection(InboundPublishes):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
         "abnormal",
-        "acker_scope",
-        "acking",
-        "acks",
-        "acks_done",
         "acl",
-        "aliases",
         "broker",
         "client_id",
         "close_reason",
@@ -139,7 +131,6 @@ class Connection:
         "taken_over",
         "timed_out",
         "version",
-        "waits_for",
         "will",
         "writer_scope",
         "writing",
@@ -165,7 +156,6 @@ class Connection:
         self.keepalive = 0
         self.connect_expiry = 0
         self.will: Will | None = None
-        self.aliases: dict[int, str] | None = None
         self.peer_max_packet_size: int | None = None
         #: v5 outbound Topic Aliases (topic -> alias) when the client allows
         #: them (its Topic Alias Maximum), else None (delivery.encode_aliased).
@@ -186,13 +176,7 @@ class Connection:
         #: cancel scope's deadline instead.
         self.deadline = _INF
         self.timed_out = False
-        #: Congested sessions this connection's last PUBLISHes went to (overload control).
-        self.waits_for: list[SessionHandle] | None = None
-        # Created on first use: an idle connection should not carry an empty deque (~600 B).
-        self.acks: Any = ()
-        self.acking = False
-        self.acks_done: trio.Event | None = None
-        self.acker_scope: trio.CancelScope | None = None
+        self._init_inbound()
         self.close_reason: ReasonCode | None = None
         #: The connection ended without a normal DISCONNECT: the Will is published.
         self.abnormal = True
@@ -757,246 +741,6 @@ class Connection:
             if sock.fileno() != -1:
                 trio.lowlevel.notify_closing(sock)
             sock.close()
-
-    # ------------------------------------------------------------ PUBLISH
-
-    def _on_publish(self, publish: Publish) -> Awaitable[None] | None:
-        """Handle a PUBLISH; returns what to await only on the slow paths
-        (forwarding, or acknowledgements queued behind pending forwards)."""
-        broker = self.broker
-        stats = broker.stats
-        qos = publish.qos
-        stats.messages_in[qos] += 1
-        topic = publish.topic
-        props = publish.properties
-        if props.topic_alias is not None:
-            topic = self._resolve_alias(topic, props.topic_alias)
-        limits = broker.limits
-        if len(topic) * 4 > limits.max_topic_length or topic.count("/") >= limits.max_topic_levels:
-            validate_topic_name(topic, max_length=limits.max_topic_length, max_levels=limits.max_topic_levels)
-        if props is not NO_PROPERTIES and props.response_topic is not None:
-            check_response_topic(props.response_topic)
-        handle = self.handle
-        assert handle is not None
-        session = handle.session
-        pid = publish.packet_id
-        if qos:
-            assert pid is not None
-            if qos == 2 and pid in session.awaiting_release:
-                # A retransmission of a QoS 2 message already routed: acknowledge
-                # again, do not route again (v5 [MQTT-4.3.3-10] method B).
-                if not any(entry[0] == pid for entry in self.acks):
-                    self.write(encode(Pubrec(pid), self.version))
-                return None
-            if (
-                self.version == _V5
-                and len(self.acks) + len(session.awaiting_release) >= limits.receive_maximum
-            ):
-                # v5 [MQTT-3.3.4-9]
-                raise MQTTError(_R.RECEIVE_MAXIMUM_EXCEEDED, "more QoS 1/2 PUBLISHes than Receive Maximum")
-        acl = self.acl
-        if acl is not None and not acl.may_publish(topic):
-            stats.publish_denied += 1
-            log.debug("publish_denied", conn_id=self.conn_id, client_id=self.client_id, topic=topic)
-            if qos:
-                code = _R.NOT_AUTHORIZED if self.version == _V5 else _R.SUCCESS
-                packet = Puback(pid, code) if qos == 1 else Pubrec(pid, code)  # type: ignore[arg-type]
-                if qos == 2 and self.version != _V5:
-                    session.await_release(pid)  # type: ignore[arg-type]
-                self.write(encode(packet, self.version))
-            return None
-        message = message_from_publish(publish, topic, self.client_id, trio.current_time())
-        if publish.retain:
-            broker.router.retain(message)
-        hit = broker.overload.hit
-        if hit:
-            hit.clear()
-        broker.router.publish(message)
-        if hit:
-            # Some receivers are congested: hold the next PUBLISH for them.
-            waits_for = self.waits_for
-            if waits_for is None:
-                self.waits_for = waits_for = []
-            for handle in hit:
-                if handle not in waits_for:
-                    waits_for.append(handle)
-            hit.clear()
-        if qos == 0:
-            if broker.forwarding and not broker.forwarder.submit_nowait(self._forward_message(message, None)):
-                stats.forward_dropped += 1
-            return None
-        assert pid is not None
-        if qos == 2:
-            session.await_release(pid)
-        if broker.forwarding:
-            return self._forward(message, pid, qos)
-        if not self.acks:
-            self._ack(pid, qos, _R.SUCCESS)
-            return None
-        return self._queue_ack(pid, qos, DONE)
-
-    def _forward(self, message: Message, pid: int, qos: int) -> Awaitable[None] | None:
-        """Hand a QoS 1/2 message to the forwarder; its ack waits for the
-        ticket. Returns what to await only when this must wait (no room in
-        the forward queue or in the ack queue): the common case costs no
-        coroutine."""
-        forwarded = self._forward_message(message, self.handle.session.inbound_msg_id(pid))  # type: ignore[union-attr]
-        # Queue without waiting when there is room: flushing this batch's
-        # output before every forwarded message cost ~11% of the process.
-        ticket = self.broker.forwarder.try_submit(forwarded)
-        if ticket is None:
-            return self._forward_waiting(forwarded, pid, qos)
-        if ticket is DONE and not self.acks:
-            self._ack(pid, qos, _R.SUCCESS)
-            return None
-        return self._queue_ack(pid, qos, ticket)
-
-    async def _forward_waiting(self, forwarded: ForwardMessage, pid: int, qos: int) -> None:
-        # The forward queue is full: this wait is the backpressure that
-        # stops reading the device; send what the batch produced first.
-        broker = self.broker
-        self._unbatch()
-        ticket = await broker.forwarder.submit(forwarded)
-        broker.batching = True
-        if ticket is DONE and not self.acks:
-            self._ack(pid, qos, _R.SUCCESS)
-            return
-        waiting = self._queue_ack(pid, qos, ticket)
-        if waiting is not None:
-            await waiting
-
-    def _queue_ack(self, pid: int, qos: int, ticket: Any) -> Awaitable[None] | None:
-        """Queue the ack of ``pid`` behind ``ticket`` (acks go out in order);
-        returns what to await when the queue is full."""
-        if self.acks and len(self.acks) >= self.broker.limits.receive_maximum and self.acking:
-            return self._queue_ack_waiting(pid, qos, ticket)
-        self._append_ack(pid, qos, ticket)
-        return None
-
-    async def _queue_ack_waiting(self, pid: int, qos: int, ticket: Any) -> None:
-        broker = self.broker
-        limits = broker.limits
-        while len(self.acks) >= limits.receive_maximum and self.acking and self.acks_done is not None:
-            # 3.1.1 has no Receive Maximum: stop reading instead.
-            self._unbatch()
-            await self.acks_done.wait()
-            broker.batching = True
-        self._append_ack(pid, qos, ticket)
-
-    def _append_ack(self, pid: int, qos: int, ticket: Any) -> None:
-        if not self.acks:
-            self.acks = collections.deque()
-        self.acks.append((pid, qos, ticket))
-        if not self.acking and self.nursery is not None:
-            self.acking = True
-            self.acks_done = trio.Event()
-            self.nursery.start_soon(self._acker)
-
-    def _forward_message(self, message: Message, msg_id: str | None) -> ForwardMessage:
-        identity = self.identity
-        return ForwardMessage(
-            topic=message.topic,
-            payload=message.payload,
-            qos=message.qos,
-            retain=message.retain,
-            client_id=self.client_id,
-            device_id=identity.device_id,
-            device_type=identity.device_type,
-            mqtt_user=identity.mqtt_user,
-            properties=message.properties,
-            msg_id=msg_id,
-        )
-
-    def _resolve_alias(self, topic: str, alias: int) -> str:
-        # v5 section 3.3.2.3.4
-        if alias > self.broker.limits.topic_alias_maximum:
-            raise MQTTError(_R.TOPIC_ALIAS_INVALID, f"topic alias {alias} above our maximum (v5 [MQTT-3.3.2-9])")
-        if self.aliases is None:
-            self.aliases = {}
-        if topic:
-            self.aliases[alias] = topic
-            return topic
-        known = self.aliases.get(alias)
-        if known is None:
-            raise MQTTError(_R.PROTOCOL_ERROR, f"unknown topic alias {alias} with an empty topic")
-        return known
-
-    def _ack(self, pid: int, qos: int, reason: ReasonCode) -> None:
-        session = self.handle.session  # type: ignore[union-attr]
-        if qos == 1:
-            session.inbound_done(pid)
-            if reason == _R.SUCCESS:
-                self.write(b"\x40\x02" + pid.to_bytes(2, "big"))
-            else:
-                self.write(encode(Puback(pid, reason), self.version))
-            return
-        if reason.is_error:
-            # v5 section 4.3.3: a failing PUBREC ends the flow.
-            session.released(pid)
-            session.inbound_done(pid)
-        self.write(encode(Pubrec(pid, reason), self.version))
-
-    async def _acker(self) -> None:
-        try:
-            with trio.CancelScope() as self.acker_scope:
-                await self._ack_in_order()
-        finally:
-            self.acker_scope = None
-            self.acking = False
-            if self.acks_done is not None:
-                self.acks_done.set()
-
-    async def _ack_in_order(self) -> None:
-        # Acks of tickets that are already complete are written in one batch
-        # (one send for a burst of PUBACKs); before actually waiting, the
-        # batch is flushed, because other tasks run while this one waits.
-        # A completed ticket's wait() does not checkpoint (forward.Ticket).
-        try:
-            await self._ack_batches()
-        finally:
-            self._unbatch()
-
-    async def _ack_batches(self) -> None:
-        acks = self.acks
-        broker = self.broker
-        stats = broker.stats
-        while acks:
-            pid, qos, ticket = acks[0]
-            reason = _R.SUCCESS
-            # A completed JetStream ticket is settled here without a call;
-            # other tickets (None: DONE, refused, closed) answer at once.
-            finished = getattr(ticket, "finished", None)
-            if finished is False:
-                self._unbatch()
-            try:
-                if finished is not True or ticket.failed:
-                    await ticket.wait()
-                broker.batching = True
-            except ForwardRefused:
-                # The topic can never become a NATS subject: retrying (the
-                # 3.1.1 disconnect below) would loop forever. v5: "Topic Name
-                # not accepted" (v5 section 3.4.2.1); 3.1.1 has no negative
-                # ack, so acknowledge and drop, counted.
-                stats.forward_refused += 1
-                if self.version == _V5:
-                    reason = _R.TOPIC_NAME_INVALID
-            except ForwardFailed as failure:
-                stats.forward_failed += 1
-                log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))
-                if self.version != _V5:
-                    # 3.1.1 has no negative ack: disconnect so it retransmits.
-                    self.acks = ()
-                    self.kick(_R.UNSPECIFIED_ERROR)
-                    return
-                reason = _R.UNSPECIFIED_ERROR
-            acks.popleft()
-            self._ack(pid, qos, reason)
-
-
-def check_response_topic(topic: str) -> None:
-    """v5 [MQTT-3.3.2-14]: a Response Topic is a Topic Name, without wildcards."""
-    if not topic or "+" in topic or "#" in topic:
-        raise MQTTError(_R.PROTOCOL_ERROR, f"Response Topic {topic!r} is not a topic name (v5 [MQTT-3.3.2-14])")
 
 
 _CLOSE_DETAIL = {
