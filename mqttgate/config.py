@@ -246,13 +246,20 @@ class Config:
     )
     tls_cert_file: str | None = setting(
         None, parse_optional_str,
-        "Server certificate chain (PEM path) of the TLS listener; re-read on SIGHUP",
+        "Server certificate chain (PEM path) of the TLS listener; re-read on SIGHUP or when it changes",
         shown_default="none",
     )
     tls_key_file: str | None = setting(
         None, parse_optional_str,
         "Private key (PEM path, unencrypted) of the TLS listener; unset: read from the certificate file",
         shown_default="none",
+    )
+    # A renewed Kubernetes Secret arrives without a SIGHUP; the kubelet itself
+    # takes up to about a minute to update the files, so polling faster gains little.
+    tls_reload_interval: float = setting(
+        60.0, nonnegative_duration,
+        "How often the TLS certificate and key files are checked and reloaded when changed (0 = on SIGHUP only)",
+        shown_default="60s",
     )
     # --- services --------------------------------------------------------
     database_url: str | None = setting(

@@ -44,6 +44,20 @@ row it fetched is still covered by the notifications (see credentials.py). A
 silent network partition is caught by a ping every
 ``LISTENER_PING_INTERVAL_S``: the listener declares itself lost after at most
 interval + ``LISTENER_PING_TIMEOUT_S`` without an answer.
+
+Revocations
+-----------
+Migration 003 NOTIFYs :data:`REVOCATION_CHANNEL` when a change must end a
+device's live MQTT sessions (delete, disable, rotate; not enable, not the
+rehash at login), with the writer's :attr:`Store.origin`. The same listening
+connection LISTENs on it and calls ``device_revoked(change, device_id)`` on
+every registered :class:`RevocationWatcher` (the broker) for changes made by
+*other* writers: this store's own changes are acted on by its caller right
+after the commit (the API kicks locally), so each change cuts the sessions of
+each replica exactly once. The three writing methods put the origin in the
+statement itself (``FROM (SELECT set_config(..., true))``: transaction-local,
+one round trip, evaluated before the row is changed and so before the AFTER
+trigger reads it).
 """
 
 from __future__ import annotations
@@ -53,6 +67,7 @@ import contextlib
 import datetime
 import importlib.resources
 import re
+import secrets
 import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,6 +93,10 @@ _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 #: NOTIFY channel of migration 002 (payload: the changed mqtt_user, '' = all).
 CREDENTIAL_CHANNEL = "mqttgate_credentials"
+#: NOTIFY channel of migration 003 (payload: "<change> <device id> <origin>").
+REVOCATION_CHANNEL = "mqttgate_revocations"
+#: The changes migration 003 notifies; "truncate" comes with no device id.
+REVOCATION_CHANGES = frozenset({"delete", "disable", "rotate", "truncate"})
 #: How often the listening connection is pinged: a half-open TCP connection
 #: (partition, dead host) delivers no notifications and no EOF, so without a
 #: ping a replica could trust its cache for as long as the kernel's keepalive.
@@ -89,6 +108,12 @@ LISTENER_PING_TIMEOUT_S = 2.0
 #: Reconnect backoff of the listener: first retry, then doubling up to the max.
 LISTENER_RETRY_FIRST_S = 0.05
 LISTENER_RETRY_MAX_S = 2.0
+#: ``Store.open`` waits this long for the listener to be live before it
+#: returns (and the daemon reports ready), so that a replica which says it is
+#: ready hears the rotations made from then on; past it, the daemon starts
+#: anyway and the listener keeps retrying (the pool is up, so normally it
+#: takes one connect).
+LISTENER_STARTUP_WAIT_S = 5.0
 
 
 class StoreUnavailable(Exception):
@@ -139,7 +164,23 @@ class CredentialWatcher(Protocol):
     def credentials_reset(self) -> None: ...
 
 
+class RevocationWatcher(Protocol):
+    """Told about changes, committed by another writer, that end a device's
+    live sessions. Runs on the trio thread and must not block."""
+
+    def device_revoked(self, change: str, device_id: str | None) -> None:
+        """``change`` is one of :data:`REVOCATION_CHANGES`; ``device_id`` is
+        None for "truncate" (every device)."""
+
+
 _DEVICE_COLUMNS = "id, type, mqtt_user, created_at, updated_at, disabled_at"
+
+
+def _origin_from(param: str) -> str:
+    """Joined into the statements that may revoke a device: sets the writer's
+    origin (query parameter ``param``) for migration 003's trigger, local to
+    the statement's transaction."""
+    return f"(SELECT set_config('mqttgate.origin', {param}, true)) AS origin"
 
 
 def _device(row: Any) -> Device:
@@ -220,12 +261,18 @@ class Store:
         #: Queries sent through the pool (tests count them: a warm hit sends none).
         self.queries = 0
         self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._revocation_watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Random per store (per process): marks this store's own writes in
+        #: the revocation notifications (migration 003).
+        self.origin = secrets.token_hex(8)
         self._watched = False
         self._epoch = 0
         #: Backend pid of the listening connection while it is live (tests kill it).
         self.listener_pid: int | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[Any] | None = None
+        #: Set the first time the listener is live (Store.open waits for it).
+        self._first_live = trio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -235,7 +282,8 @@ class Store:
         cls, config: Config, *, migrate: bool = True, listen: bool = True
     ) -> AsyncIterator[Store]:
         """Connect (retrying while PostgreSQL starts), migrate, start the
-        credential listener (``listen``), yield; close shielded."""
+        credential listener (``listen``) and wait up to
+        ``LISTENER_STARTUP_WAIT_S`` for it to be live, yield; close shielded."""
         if not config.database_url:
             raise ConfigError("MQTTGATE_DATABASE_URL", "no database configured")
         pool = await _create_pool(config)
@@ -249,6 +297,8 @@ class Store:
                 store._listener = trio_asyncio.current_loop.get().create_task(
                     store._aio_listen_forever()
                 )
+                with trio.move_on_after(LISTENER_STARTUP_WAIT_S):
+                    await store._first_live.wait()
             yield store
         finally:
             with trio.move_on_after(5, shield=True) as scope:
@@ -321,8 +371,8 @@ class Store:
     async def delete_device(self, device_id: str) -> Device:
         row = await self._call(
             self._pool.fetchrow,
-            f"DELETE FROM devices WHERE id = $1 RETURNING {_DEVICE_COLUMNS}",
-            device_id,
+            f"DELETE FROM devices USING {_origin_from('$2')} WHERE id = $1 RETURNING {_DEVICE_COLUMNS}",
+            device_id, self.origin,
             timeout=self._timeout,
         )
         if row is None:
@@ -332,9 +382,9 @@ class Store:
     async def set_password_hash(self, device_id: str, password_hash: str) -> Device:
         row = await self._call(
             self._pool.fetchrow,
-            "UPDATE devices SET password_hash = $2, updated_at = now() WHERE id = $1"
-            f" RETURNING {_DEVICE_COLUMNS}",
-            device_id, password_hash,
+            f"UPDATE devices SET password_hash = $2, updated_at = now() FROM {_origin_from('$3')}"
+            f" WHERE id = $1 RETURNING {_DEVICE_COLUMNS}",
+            device_id, password_hash, self.origin,
             timeout=self._timeout,
         )
         if row is None:
@@ -342,10 +392,15 @@ class Store:
         return _device(row)
 
     async def replace_password_hash(self, mqtt_user: str, old_hash: str, new_hash: str) -> bool:
-        """Compare-and-set of the hash (argon2 parameter upgrade on login)."""
+        """Compare-and-set of the hash (argon2 parameter upgrade on login).
+
+        Marked as a rehash (same password), so it cuts no live session
+        (migration 003); it still drops cached verifications (002)."""
         status = await self._call(
             self._pool.execute,
-            "UPDATE devices SET password_hash = $3 WHERE mqtt_user = $1 AND password_hash = $2",
+            "UPDATE devices SET password_hash = $3"
+            " FROM (SELECT set_config('mqttgate.rehash', 'on', true)) AS rehash"
+            " WHERE mqtt_user = $1 AND password_hash = $2",
             mqtt_user, old_hash, new_hash,
             timeout=self._timeout,
         )
@@ -357,9 +412,9 @@ class Store:
             self._pool.fetchrow,
             "UPDATE devices SET"
             " disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) ELSE NULL END,"
-            " updated_at = now() WHERE id = $1"
+            f" updated_at = now() FROM {_origin_from('$3')} WHERE id = $1"
             f" RETURNING {_DEVICE_COLUMNS}",
-            device_id, disabled,
+            device_id, disabled, self.origin,
             timeout=self._timeout,
         )
         if row is None:
@@ -390,6 +445,10 @@ class Store:
         """Register a watcher (held weakly) for credential change notifications."""
         self._watchers.add(watcher)
 
+    def watch_revocations(self, watcher: RevocationWatcher) -> None:
+        """Register a watcher (held weakly) for other writers' revocations."""
+        self._revocation_watchers.add(watcher)
+
     @property
     def credentials_watched(self) -> bool:
         """True while the listener is live: every committed change to a device
@@ -404,6 +463,9 @@ class Store:
     def _reset_watchers(self, watched: bool) -> None:
         self._watched = watched
         self._epoch += 1
+        if watched:
+            # Called on the trio thread (trio-asyncio), so a trio.Event is safe.
+            self._first_live.set()
         for watcher in list(self._watchers):
             watcher.credentials_reset()
 
@@ -417,6 +479,15 @@ class Store:
             return
         for watcher in list(self._watchers):
             watcher.credential_changed(payload)
+
+    def _on_revocation(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # Like _on_notification: on the trio thread, no await.
+        change, _, rest = payload.partition(" ")
+        device_id, _, origin = rest.rpartition(" ")
+        if change not in REVOCATION_CHANGES or origin == self.origin:
+            return  # unknown (a newer schema) or ours: the API acted at commit
+        for watcher in list(self._revocation_watchers):
+            watcher.device_revoked(change, device_id or None)
 
     async def _aio_listen_forever(self) -> None:
         """(asyncio task) Keep one LISTEN connection live; reset the watchers
@@ -450,6 +521,7 @@ class Store:
             # a server restart, a cut connection.
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(CREDENTIAL_CHANNEL, self._on_notification)
+            await conn.add_listener(REVOCATION_CHANNEL, self._on_revocation)
             # LISTEN is active from here: whatever was derived from rows read
             # before is suspect, everything committed after is notified.
             self.listener_pid = conn.get_server_pid()

@@ -161,6 +161,10 @@ async def run(
                         config = await embedded.enter_async_context(open_embedded(config))
                     async with _open_services(config) as services:
                         broker = Broker(config, services["authenticator"], services["forwarder"])
+                        if services["store"] is not None:
+                            # Other replicas' rotate/disable/delete cut the
+                            # device's sessions here too (docs/api.md).
+                            services["store"].watch_revocations(broker)
                         async with trio.open_nursery() as front:
                             mqtt = await front.start(broker.serve, shutdown)
                             app = create_app(config, broker=broker, **services)

@@ -1,4 +1,4 @@
-"""The MQTT-over-TLS listener: certificate loading, SIGHUP reload, handshakes.
+"""The MQTT-over-TLS listener: certificate loading, reload (SIGHUP, file watch), handshakes.
 
 Theory of operation
 -------------------
@@ -17,6 +17,20 @@ handshake uses the new certificate. A new context rather than
 that does not match) would otherwise leave the live context broken. A failed
 reload logs ``tls_reload_failed`` and keeps the old certificate.
 
+File watch: nobody sends SIGHUP when cert-manager renews a Kubernetes Secret
+and the kubelet swaps the mounted files (a new directory, then a rename of the
+``..data`` symlink). So :meth:`Certificates.watch_files` stats both files every
+``tls_reload_interval`` (following symlinks) and reloads when either stamp
+(mtime_ns, size, inode) differs from the stamp of the last *successful* load.
+Not from the last one seen: a half-written pair (certificate renewed, key not
+yet) fails to load and keeps the old certificate, and comparing against what
+was seen would then never retry if the key's write left no visible trace (an
+in-place write in the same mtime tick). Each load stats before it reads: files
+that change in between are loaded once more, never missed. A file that cannot
+be stat'ed skips the poll and is logged once (``tls_file_missing``, again at
+most every ``_MISSING_LOG_EVERY_S`` while it stays away); the old certificate
+keeps serving.
+
 Handshakes: each accepted stream does its TLS handshake before it becomes a
 :class:`~mqttgate.broker.connection.Connection`, under ``connect_timeout``, so a
 client that opens TCP and never speaks TLS holds nothing for longer than that
@@ -31,6 +45,8 @@ hold that close open.
 from __future__ import annotations
 
 import functools
+import math
+import os
 import signal
 import ssl
 import threading
@@ -50,6 +66,20 @@ LISTEN_VAR = "MQTTGATE_MQTTS_LISTEN"
 
 #: close_notify is a courtesy; past this the TCP connection is just closed.
 _CLOSE_NOTIFY_TIMEOUT = 2.0
+#: A file still missing is logged again this often, so it neither floods the
+#: log at a short reload interval nor goes unnoticed for days.
+_MISSING_LOG_EVERY_S = 600.0
+
+#: What the watcher compares: (st_mtime_ns, st_size, st_ino). A rename or a
+#: kubelet ``..data`` swap changes the inode, an in-place write mtime or size.
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: str) -> Stamp:
+    # os.stat follows symlinks: a Secret volume's tls.crt is ..data/tls.crt,
+    # and renewal swaps ..data, so only the target's stamp changes.
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _no_password() -> bytes:
@@ -111,9 +141,23 @@ class Certificates:
     def __init__(self, cert_file: str | None, key_file: str | None) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
+        #: Stamps of the files behind ``context``, taken before they were read
+        #: (None: they could not be stat'ed; the watcher then reloads).
+        self.loaded = self._stamps_or_none()
         self.context = build_context(cert_file, key_file)
         #: Successful reloads so far (tests and the log read it).
         self.generation = 0
+
+    def files(self) -> list[tuple[str, str]]:
+        """``(variable, path)`` of the files behind the context."""
+        named = [(CERT_VAR, self.cert_file), (KEY_VAR, self.key_file)]
+        return [(variable, path) for variable, path in named if path]
+
+    def _stamps_or_none(self) -> tuple[Stamp, ...] | None:
+        try:
+            return tuple(_stamp(path) for _, path in self.files())
+        except OSError:
+            return None
 
     @classmethod
     def from_config(cls, config: Config) -> Certificates:
@@ -121,12 +165,16 @@ class Certificates:
 
     def reload(self) -> bool:
         """Load the files into a new context; on failure keep the old one."""
+        # Stat before reading: a file replaced in between is then seen as
+        # changed at the next poll and loaded again, rather than missed.
+        stamps = self._stamps_or_none()
         try:
             context = build_context(self.cert_file, self.key_file)
         except ConfigError as error:
             log.error("tls_reload_failed", variable=error.source, error=error.message)
             return False
         self.context = context
+        self.loaded = stamps
         self.generation += 1
         log.info("tls_reloaded", cert_file=self.cert_file, generation=self.generation)
         return True
@@ -142,6 +190,49 @@ class Certificates:
             async for _ in signals:
                 log.info("tls_reload_requested", signal="SIGHUP")
                 self.reload()
+
+    async def watch_files(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Every ``interval`` seconds, reload if the files differ from the loaded ones.
+
+        Runs until cancelled. While the files on disk differ from the last
+        successful load and do not load, every poll retries (and logs
+        ``tls_reload_failed``).
+        """
+        task_status.started()
+        failed: tuple[Stamp, ...] | None = None  # stamps of the last failed attempt
+        missing: dict[str, float] = {}  # path -> when tls_file_missing was last logged
+        while True:
+            await trio.sleep(interval)
+            stamps: list[Stamp] = []
+            for variable, path in self.files():
+                try:
+                    stamps.append(_stamp(path))
+                    missing.pop(path, None)
+                except OSError as error:
+                    # Serve on with the loaded certificate; a rename or symlink
+                    # swap is atomic, so this is a deleted file or a broken mount.
+                    now = trio.current_time()
+                    if now - missing.get(path, -math.inf) >= _MISSING_LOG_EVERY_S:
+                        missing[path] = now
+                        log.warning(
+                            "tls_file_missing", variable=variable, file=path,
+                            error=error.strerror or str(error),
+                        )  # fmt: skip
+            if len(stamps) < len(self.files()):
+                continue
+            current = tuple(stamps)
+            if current == self.loaded:
+                failed = None
+                continue
+            before = self.loaded or ()
+            changed = [
+                path for index, (_, path) in enumerate(self.files())
+                if index >= len(before) or before[index] != current[index]
+            ]  # fmt: skip
+            log.info("tls_files_changed", files=changed, retry=current == failed)
+            failed = None if self.reload() else current
 
 
 class TLSStream(trio.abc.Stream):
@@ -261,6 +352,8 @@ async def serve_tls(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(certificates.watch_sighup)
+            if config.tls_reload_interval > 0:  # 0: SIGHUP only
+                await nursery.start(certificates.watch_files, config.tls_reload_interval)
             nursery.start_soon(
                 functools.partial(trio.serve_listeners, handshakes.handle, listeners, handler_nursery=handler_nursery)
             )

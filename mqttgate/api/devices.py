@@ -5,9 +5,11 @@ constant time). Bodies are parsed here, by hand, so that every bad input gets
 its precise JSON error (quart-schema only documents the models).
 
 Deleting, disabling or rotating a device also cuts its live MQTT sessions
-(``broker.kick_device``) and drops its verified-credential cache entry; the
+(``broker.revoke_device``) and drops its verified-credential cache entry; the
 cache is tied to the stored hash anyway, so another replica's cache cannot
-admit the old password either.
+admit the old password either. Other replicas cut the sessions they hold when
+the change's notification reaches them (migration 003, ``Broker.device_revoked``);
+this replica skips its own notification, having acted here at commit.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from quart_schema import (
 from mqttgate.api.errors import ApiError
 from mqttgate.credentials import Hasher, new_password
 from mqttgate.logs import get_logger
-from mqttgate.protocol.reasons import ReasonCode
 from mqttgate.store import Device, DeviceExists, Store
 
 log = get_logger("api")
@@ -48,15 +49,6 @@ ID_ATTEMPTS = 3
 _DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-#: Reason sent (v5 DISCONNECT) to live sessions of a changed device; 3.1.1 is closed.
-#: Deleted or disabled: the device is no longer allowed in (0x87 Not authorized).
-#: Rotated: the credential the session was opened with has been superseded; the
-#: device is expected to come back with the new one, so 0x8E (Session taken over).
-KICK_REASONS = {
-    "delete": ReasonCode.NOT_AUTHORIZED,
-    "disable": ReasonCode.NOT_AUTHORIZED,
-    "rotate": ReasonCode.SESSION_TAKEN_OVER,
-}
 
 
 # ---------------------------------------------------------------- documented models
@@ -227,10 +219,12 @@ async def _after_change(device: Device, action: str) -> int:
     if invalidate is not None:
         invalidate(device.mqtt_user)
     broker = services.get("broker")
-    kick = getattr(broker, "kick_device", None)
-    if kick is None:
+    # The broker's one revocation path, shared with the other replicas'
+    # notifications (the reason per change is REVOCATION_REASONS').
+    revoke = getattr(broker, "revoke_device", None)
+    if revoke is None:
         return 0
-    result = kick(device.id, KICK_REASONS[action])
+    result = revoke(device.id, action)
     if inspect.isawaitable(result):
         result = await result
     return int(result or 0)

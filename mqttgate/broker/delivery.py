@@ -25,6 +25,8 @@ are retransmitted (DUP) only as far as the new connection's window allows; the
 rest are held and retransmitted one per acknowledgement by ``pump``, before any
 queued message (``Session.resend``). A retransmission that no longer fits the
 client's Maximum Packet Size is discarded as if delivered (v5 [MQTT-3.1.2-25]).
+A retransmission carries the Message Expiry Interval left at the time it is
+written (v5 [MQTT-3.3.2-6]), also when it is released from hold by ``pump``.
 
 Overload control (:class:`Overload`): a delivery that leaves a session over
 half its outbox or queue makes it *congested*; publishers then stop being read
@@ -270,7 +272,7 @@ class SessionHandle:
         elif message.expires_at is not None and message.expires_at <= self.now():
             self.stats.messages_expired += 1
             return
-        publish = self.session.start(message.topic, message.payload, qos, retain, props)
+        publish = self.session.start(message.topic, message.payload, qos, retain, props, message.expires_at)
         new_alias = None
         if conn.out_aliases is not None:
             # The session keeps the PUBLISH with its topic (a resend goes to a
@@ -293,7 +295,7 @@ class SessionHandle:
         """Retransmit on a resumed session (the connection is attached, its window set)."""
         conn = self.conn
         assert conn is not None
-        for packet in self.session.resend():
+        for packet in self.session.resend(self.now()):
             self._retransmit(conn, packet)
         self.pump()
 
@@ -320,7 +322,8 @@ class SessionHandle:
             # Held retransmissions first, one per free slot of the window
             # (Session.resend). Not bounded by the outbox: each replaces an
             # acknowledged PUBLISH, and the resend that held them was not either.
-            while (held := session.next_held()) is not None:
+            now = self.now()
+            while (held := session.next_held(now)) is not None:
                 self._retransmit(conn, held)
         queue = session.queue
         while queue and conn is not None and session.has_room() and conn.out_bytes < self.limit:

@@ -63,6 +63,19 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset(
 )
 
 
+#: Reason sent (v5 DISCONNECT) to the live sessions of a changed device; 3.1.1
+#: connections are closed. Deleted or disabled (or the table truncated): the
+#: device is no longer allowed in (0x87 Not authorized). Rotated: the
+#: credential the session was opened with has been superseded; the device is
+#: expected to come back with the new one, so 0x8E (Session taken over).
+REVOCATION_REASONS = {
+    "delete": ReasonCode.NOT_AUTHORIZED,
+    "disable": ReasonCode.NOT_AUTHORIZED,
+    "rotate": ReasonCode.SESSION_TAKEN_OVER,
+    "truncate": ReasonCode.NOT_AUTHORIZED,
+}
+
+
 def limits_from(config: Config) -> Limits:
     return Limits(
         max_packet_size=config.max_packet_size,
@@ -276,15 +289,43 @@ class Broker:
         conn.kick(reason)
         return True
 
-    def kick_device(self, device_id: str, reason: ReasonCode = ReasonCode.ADMINISTRATIVE_ACTION) -> int:
-        """Disconnect every live connection of a device; returns how many."""
+    def kick_device(
+        self, device_id: str | None, reason: ReasonCode = ReasonCode.ADMINISTRATIVE_ACTION
+    ) -> int:
+        """Disconnect every live connection of a device (None: of every
+        device, anonymous clients excepted); returns how many."""
         kicked = 0
         for conn in list(self._conns.values()):
-            if conn.connected and conn.identity.device_id == device_id and conn.close_reason is None:
+            if not conn.connected or conn.close_reason is not None:
+                continue
+            owner = conn.identity.device_id
+            if owner is not None and (device_id is None or owner == device_id):
                 log.info("client_kicked", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason.name)
                 conn.kick(reason)
                 kicked += 1
         return kicked
+
+    def revoke_device(self, device_id: str | None, change: str) -> int:
+        """The one path that ends a changed device's live sessions here.
+
+        Called by the API right after its commit (this replica's changes)
+        and by :meth:`device_revoked` for the store's notifications of other
+        writers' changes (never for this replica's own, see store.py), so a
+        change cuts each replica's sessions once. ``change`` is "delete",
+        "disable", "rotate" or "truncate" (``device_id`` None: every device);
+        the reason is :data:`REVOCATION_REASONS`'s. Returns how many.
+        """
+        return self.kick_device(device_id, REVOCATION_REASONS[change])
+
+    def device_revoked(self, change: str, device_id: str | None) -> None:
+        """RevocationWatcher (mqttgate/store.py): another replica, or a direct
+        SQL change, deleted, disabled or rotated a device."""
+        closed = self.revoke_device(device_id, change)
+        # Every replica hears every change: info only where sessions were cut.
+        if closed:
+            log.info("device_revoked_remotely", device_id=device_id, change=change, sessions_closed=closed)
+        else:
+            log.debug("device_revoked_remotely", device_id=device_id, change=change, sessions_closed=0)
 
     # ------------------------------------------------------------ sessions
 

@@ -27,6 +27,9 @@ PUBCOMP or error PUBREC (v5 [MQTT-3.3.4-9]). On a resumed session the window
 is the new connection's; :meth:`Session.resend` retransmits what fits and
 *holds* the rest of the SENT entries (still in ``inflight``, in order), which
 :meth:`Session.next_held` releases one per free slot, before anything queued.
+Every in-flight PUBLISH keeps its message's expiry deadline, so a
+retransmission carries the Message Expiry Interval left *now*, not the one of
+its first send (v5 [MQTT-3.3.2-6]); see :func:`remaining_expiry`.
 
 Inbound QoS 2 flow (client -> server): PUBLISH -> (routed once) -> PUBREC ->
 PUBREL -> PUBCOMP; the packet id stays in ``awaiting_release`` until PUBREL, so
@@ -246,6 +249,20 @@ def message_from_publish(publish: Publish, topic: str, sender: str | None, now: 
     return Message(topic, publish.payload, publish.qos, publish.retain, props, sender, expires_at)
 
 
+def remaining_expiry(expires_at: float, now: float) -> int:
+    """The Message Expiry Interval to send for a message in flight at ``now``.
+
+    v5 [MQTT-3.3.2-6]: the received value minus the time the message has
+    waited in the server, rounded up to whole seconds. A message whose
+    deadline passed while it was in flight is still retransmitted (onward
+    delivery has started, so [MQTT-3.3.2-5] does not allow deleting it, and
+    [MQTT-4.4.0-1] requires the resend); it gets 1, the least lifetime the
+    property can state: 0 is read as "never expires" by some implementations
+    (mosquitto, for one), and leaving the property out means that too.
+    """
+    return max(1, math.ceil(expires_at - now))
+
+
 def outgoing_properties(message: Message, sub_ids: tuple[int, ...], now: float) -> Properties | None:
     """Properties for delivering ``message``; None if it has expired.
 
@@ -258,7 +275,7 @@ def outgoing_properties(message: Message, sub_ids: tuple[int, ...], now: float) 
         remaining = message.expires_at - now
         if remaining <= 0:
             return None
-        props = attrs.evolve(props, message_expiry_interval=max(1, math.ceil(remaining)))
+        props = attrs.evolve(props, message_expiry_interval=remaining_expiry(message.expires_at, now))
     if sub_ids:
         props = attrs.evolve(props, subscription_identifiers=sub_ids)
     return props
@@ -311,8 +328,9 @@ class Session:
         self.uid = uid
         self.expiry = expiry
         self.max_queued = max_queued
-        #: Outbound QoS 1/2 in flight: packet id -> (state, PUBLISH as first sent).
-        self.inflight: dict[int, tuple[OutState, Publish]] = {}
+        #: Outbound QoS 1/2 in flight: packet id -> (state, PUBLISH as first
+        #: sent, the message's expiry deadline or None).
+        self.inflight: dict[int, tuple[OutState, Publish, float | None]] = {}
         #: Outbound QoS 1/2 waiting for room in the window (or for a connection).
         # An empty tuple until first used: an idle session should not carry a deque.
         self.queue: Any = ()
@@ -389,12 +407,22 @@ class Session:
                 self.held = ()
 
     def start(
-        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties,
+        expires_at: float | None = None,
     ) -> Publish:
-        """A QoS 1/2 PUBLISH with a fresh packet id, recorded as in flight."""
+        """A QoS 1/2 PUBLISH with a fresh packet id, recorded as in flight.
+
+        ``expires_at`` is the message's expiry deadline (``Message.expires_at``),
+        kept so a retransmission states the time left then (:meth:`resend`).
+        """
         pid = self._allocate()
         sent = Publish(topic, payload, qos, retain, False, pid, properties)
-        self.inflight[pid] = (OutState.SENT, sent)
+        self.inflight[pid] = (OutState.SENT, sent, expires_at)
         return sent
 
     def forget(self, packet_id: int) -> None:
@@ -434,7 +462,8 @@ class Session:
             # v5 section 4.3.3: a PUBREC with an error ends the flow.
             del self.inflight[packet_id]
             return None
-        self.inflight[packet_id] = (OutState.RELEASED, entry[1])
+        # Past PUBREC only PUBREL is ever resent: the deadline no longer matters.
+        self.inflight[packet_id] = (OutState.RELEASED, entry[1], None)
         return Pubrel(packet_id)
 
     def on_pubcomp(self, packet_id: int) -> bool:
@@ -444,8 +473,8 @@ class Session:
         del self.inflight[packet_id]
         return True
 
-    def resend(self) -> list[Publish | Pubrel]:
-        """What to retransmit now on a resumed session, in the original order.
+    def resend(self, now: float) -> list[Publish | Pubrel]:
+        """What to retransmit at ``now`` on a resumed session, in the original order.
 
         v5 [MQTT-4.4.0-1], v311 [MQTT-4.4.0-1]: unacknowledged PUBLISHes with
         DUP set and their original packet ids, and PUBRELs for QoS 2 messages
@@ -459,31 +488,36 @@ class Session:
         wait for the window), then the PUBLISHes that fit in what the PUBRELs
         left of the window. The others are held, in order, for
         :meth:`next_held` (v5 [MQTT-4.6.0-6]: nothing queued overtakes them).
+
+        v5 [MQTT-3.3.2-6]: a retransmitted PUBLISH carries the Message Expiry
+        Interval left at ``now`` (:func:`remaining_expiry`), and one whose
+        expiry passed while it was in flight is retransmitted all the same.
         """
         out: list[Publish | Pubrel] = []
         inflight = self.inflight
-        room = self.window - sum(1 for state, _ in inflight.values() if state is OutState.RELEASED)
+        room = self.window - sum(1 for entry in inflight.values() if entry[0] is OutState.RELEASED)
         held: list[int] = []
-        for pid, (state, publish) in inflight.items():
+        for pid, (state, publish, expires_at) in inflight.items():
             if state is OutState.RELEASED:
                 out.append(Pubrel(pid))
             elif room > 0:
                 room -= 1
-                out.append(attrs.evolve(publish, dup=True))
+                out.append(_duplicate(publish, expires_at, now))
             else:
                 held.append(pid)
         self.held = collections.deque(held) if held else ()
         return out
 
-    def next_held(self) -> Publish | None:
-        """The next held retransmission (DUP set) if the window has room, else None."""
+    def next_held(self, now: float) -> Publish | None:
+        """The next held retransmission (DUP set, expiry as at ``now``) if the window has room."""
         held = self.held
         if not held or len(self.inflight) - len(held) >= self.window:
             return None
         pid = held.popleft()
         if not held:
             self.held = ()
-        return attrs.evolve(self.inflight[pid][1], dup=True)
+        _, publish, expires_at = self.inflight[pid]
+        return _duplicate(publish, expires_at, now)
 
     def reset_connection_state(self) -> None:
         """Clean Start on an existing session: nothing of it survives."""
@@ -493,6 +527,14 @@ class Session:
         self.awaiting_release = _NO_IDS
         self.inbound_ids.clear()
         self.subscriptions.clear()
+
+
+def _duplicate(publish: Publish, expires_at: float | None, now: float) -> Publish:
+    """A retransmission: DUP set (v5 [MQTT-4.4.0-1]), the expiry interval as at ``now``."""
+    if expires_at is None:
+        return attrs.evolve(publish, dup=True)
+    props = attrs.evolve(publish.properties, message_expiry_interval=remaining_expiry(expires_at, now))
+    return attrs.evolve(publish, dup=True, properties=props)
 
 
 def downgrade(message_qos: int, granted: int) -> int:

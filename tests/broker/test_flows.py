@@ -335,3 +335,58 @@ async def test_message_expiry_while_offline(nursery: trio.Nursery, autojump_cloc
         # Only the long one, with the remaining interval 90 s (v5 [MQTT-3.3.2-6]).
         assert packet == frame(0x32, s("e") + bytes([0x00, 0x01, 0x05, 0x02, 0x00, 0x00, 0x00, 0x5A]) + b"l")
         assert broker.stats.messages_expired == 1
+
+
+async def test_retransmitted_publish_carries_the_expiry_left(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # v5 [MQTT-3.3.2-6]: a PUBLISH resent with DUP on a resumed session states
+    # the Message Expiry Interval left then, not the one of its first send. One
+    # that expired while in flight is resent anyway ([MQTT-3.3.2-5] only allows
+    # deleting before onward delivery started; [MQTT-4.4.0-1]), stating 1 s.
+    broker = anon()
+
+    def expiry(seconds: int) -> bytes:
+        return bytes([0x05, 0x02]) + seconds.to_bytes(4, "big")  # Message Expiry Interval
+
+    def delivery(pid: int, payload: bytes, seconds: int, *, dup: bool) -> bytes:
+        return frame(0x32 | (0x08 if dup else 0), s("e") + pid.to_bytes(2, "big") + expiry(seconds) + payload)
+
+    with trio.fail_after(60):
+        session = bytes([0x08, 0x11, 0x00, 0x00, 0x01, 0x00, 0x21, 0x00, 0x01])  # Session Expiry 256 s, Receive Maximum 1
+        sub = await open_client(nursery, broker)
+        await sub.send(connect("rex", version=5, clean=False, props=session))
+        await sub.packet()
+        await sub.send(subscribe(1, "e", 1, v5=True))
+        await sub.packet()
+        pub = await open_client(nursery, broker)
+        await pub.send(connect("rep", version=5))
+        await pub.packet()
+        await pub.send(publish("e", b"a", qos=1, packet_id=1, v5=True, props=expiry(60)))
+        await pub.send(publish("e", b"b", qos=1, packet_id=2, v5=True, props=expiry(15)))
+        await pub.packet()
+        await pub.packet()
+        assert await sub.packet() == delivery(1, b"a", 60, dup=False)
+        await sub.send(b"\xc0\x00")  # PINGREQ: "b" waits behind the window of 1
+        assert await sub.packet() == b"\xd0\x00"
+        await sub.aclose()  # "a" not acknowledged
+        await trio.sleep(10)
+
+        big = bytes([0x05, 0x11, 0x00, 0x00, 0x01, 0x00])  # Session Expiry 256 s, Receive Maximum 65535
+        again = await open_client(nursery, broker)
+        await again.send(connect("rex", version=5, clean=False, props=big))
+        assert (await again.packet() or b"")[2] == 0x01  # session present
+        assert await again.packet() == delivery(1, b"a", 50, dup=True)
+        assert await again.packet() == delivery(2, b"b", 5, dup=False)  # queued: counted down too
+        await again.aclose()  # neither acknowledged
+        await trio.sleep(20)  # "b" expires in flight, "a" has 30 s left
+
+        small = bytes([0x08, 0x11, 0x00, 0x00, 0x01, 0x00, 0x21, 0x00, 0x01])  # Receive Maximum 1
+        last = await open_client(nursery, broker)
+        await last.send(connect("rex", version=5, clean=False, props=small))
+        assert (await last.packet() or b"")[2] == 0x01
+        assert await last.packet() == delivery(1, b"a", 30, dup=True)
+        await trio.sleep(4)
+        await last.send(bytes([0x40, 0x02, 0x00, 0x01]))  # PUBACK 1 releases the held "b"
+        assert await last.packet() == delivery(2, b"b", 1, dup=True)
+        assert broker.stats.messages_expired == 0

@@ -137,7 +137,7 @@ def test_resend_sets_dup_and_pubrel_in_order() -> None:
     b = session.start("t", b"b", 2, False, NO_PROPERTIES)
     assert b.packet_id is not None
     session.on_pubrec(b.packet_id, ReasonCode.SUCCESS)
-    resent = session.resend()
+    resent = session.resend(now=0.0)
     assert resent == [Publish("t", b"a", 1, False, True, a.packet_id), Pubrel(b.packet_id)]
 
 
@@ -169,6 +169,58 @@ def test_message_expiry_counts_down_and_alias_is_dropped() -> None:
     assert props is not None
     assert props.message_expiry_interval == 7 and props.subscription_identifiers == (4,)
     assert outgoing_properties(message, (), now=110.0) is None
+
+
+def _expiry_of(packet: Publish | Pubrel | None) -> int | None:
+    assert isinstance(packet, Publish) and packet.dup
+    return packet.properties.message_expiry_interval
+
+
+def test_retransmission_carries_the_expiry_left_at_resend() -> None:
+    # v5 [MQTT-3.3.2-6]: the interval sent is the received one minus the time
+    # waited in the server, also for a DUP retransmission on a resumed session.
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    message = message_from_publish(
+        Publish("t", b"x", 1, False, False, 1, Properties(message_expiry_interval=60)), "t", "p", now=100.0
+    )
+    props = outgoing_properties(message, (), now=100.0)
+    assert props is not None and props.message_expiry_interval == 60
+    session.start("t", b"x", 1, False, props, message.expires_at)
+    session.start("t", b"y", 1, False, NO_PROPERTIES)  # no expiry: left alone
+    first, second = session.resend(now=112.5)
+    assert _expiry_of(first) == 48  # 47.5 s left, rounded up
+    assert _expiry_of(second) is None
+    # The stored PUBLISH is unchanged: a later resume counts from the deadline again.
+    assert _expiry_of(session.resend(now=150.0)[0]) == 10
+
+
+def test_expired_in_flight_message_is_still_retransmitted() -> None:
+    # v5 [MQTT-3.3.2-5] lets the server delete an expired message only before
+    # onward delivery started; [MQTT-4.4.0-1] requires the resend. It states 1 s.
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    session.start("t", b"x", 2, False, Properties(message_expiry_interval=5), 105.0)
+    assert _expiry_of(session.resend(now=200.0)[0]) == 1
+
+
+def test_held_retransmission_expiry_is_counted_when_released() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    for pid in (1, 2):
+        session.start("t", b"%d" % pid, 1, False, Properties(message_expiry_interval=60), 160.0)
+    session.window = 1
+    assert [_expiry_of(p) for p in session.resend(now=110.0)] == [50]
+    assert session.on_puback(1)
+    assert _expiry_of(session.next_held(now=130.0)) == 30
+
+
+def test_pubrec_keeps_only_pubrel_for_resend() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.window = 10
+    session.start("t", b"x", 2, False, Properties(message_expiry_interval=60), 160.0)
+    assert session.on_pubrec(1, ReasonCode.SUCCESS) == Pubrel(1)
+    assert session.resend(now=500.0) == [Pubrel(1)]
 
 
 def test_user_properties_pass_through_in_order() -> None:

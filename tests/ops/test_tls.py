@@ -1,4 +1,4 @@
-"""MQTT over TLS: the listener, TLS 1.2+, start-up errors, SIGHUP reload, slow handshakes.
+"""MQTT over TLS: the listener, TLS 1.2+, start-up errors, SIGHUP and file-watch reload, slow handshakes.
 
 Certificates are made at test time with trustme; each test gets its own CA.
 """
@@ -6,6 +6,7 @@ Certificates are made at test time with trustme; each test gets its own CA.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 import trustme
@@ -296,6 +299,215 @@ async def test_sighup_reload_in_process_keeps_connections_and_serves_the_new_cer
         await before.aclose()
         await after.aclose()
         await run(paho.stop)
+
+
+# --- file watch: a renewed Secret arrives without a SIGHUP -----------------
+
+#: tls_reload_interval of these tests, seconds.
+WATCH = 0.2
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every log record (debug and info too) while the test runs."""
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as entries:
+            yield entries
+    finally:
+        structlog.configure(wrapper_class=wrapper)
+
+
+def events(logged: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logged if entry["event"] == name]
+
+
+def replace_file(pem: trustme.Blob, path: str) -> None:
+    """Write beside the target and rename into place: the target changes atomically."""
+    pem.write_to_path(path + ".new")
+    os.replace(path + ".new", path)
+
+
+def replace_pair(leaf: trustme.LeafCert, cert: str, key: str) -> None:
+    # Two renames: a poll between them sees a new certificate and the old key.
+    replace_file(leaf.cert_chain_pems[0], cert)
+    replace_file(leaf.private_key_pem, key)
+
+
+class SecretVolume:
+    """A Secret volume as the kubelet writes it.
+
+    ``tls.crt -> ..data/tls.crt`` and ``..data -> ..<version>/``; an update
+    writes a new version directory, renames a new ``..data`` symlink over the
+    old one (both files change at once) and removes the old directory.
+    """
+
+    def __init__(self, directory: Path, leaf: trustme.LeafCert) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.cert = str(directory / "tls.crt")
+        self.key = str(directory / "tls.key")
+        self.version: Path | None = None
+        self.update(leaf)
+        for name in ("tls.crt", "tls.key"):
+            os.symlink(f"..data/{name}", directory / name)
+
+    def update(self, leaf: trustme.LeafCert) -> None:
+        old = self.version
+        self.version = self.directory / f"..{time.time_ns()}"
+        self.version.mkdir()
+        leaf.cert_chain_pems[0].write_to_path(str(self.version / "tls.crt"))
+        leaf.private_key_pem.write_to_path(str(self.version / "tls.key"))
+        os.symlink(self.version.name, self.directory / "..data_tmp")
+        os.replace(self.directory / "..data_tmp", self.directory / "..data")
+        if old is not None:
+            shutil.rmtree(old)
+
+
+async def served(port: int, context: ssl.SSLContext) -> bytes:
+    """The certificate (DER) a new TLS connection is given."""
+    stream = await mqtt_over_tls(port, context, b"probe")
+    der = stream.getpeercert(binary_form=True)
+    await stream.aclose()
+    assert der is not None
+    return der
+
+
+async def wait_until_served(port: int, context: ssl.SSLContext, der: bytes) -> None:
+    # Polls the outcome (the caller sets the deadline); the watcher runs on its own clock.
+    while True:
+        if await served(port, context) == der:
+            return
+        await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize("renewal", ["rename", "symlink-swap"])
+async def test_renewed_files_are_served_without_a_sighup(
+    start_daemon: StartDaemon, files: Files, tmp_path: Path, renewal: str
+) -> None:
+    if renewal == "symlink-swap":
+        volume = SecretVolume(tmp_path / "secret", files.leaf)
+        cert, key = volume.cert, volume.key
+    else:
+        cert, key = files.cert, files.key
+    config = make_config(
+        mqtts_listen=Address("127.0.0.1", 0), tls_cert_file=cert, tls_key_file=key,
+        tls_reload_interval=WATCH,
+    )  # fmt: skip
+    port = tls_port((await start_daemon(config)).mqtt)
+    new_ca = trustme.CA()
+    both = files.client_context(files.ca, new_ca)
+    with trio.fail_after(10):
+        before = await mqtt_over_tls(port, files.client_context(), b"before")
+        assert await served(port, both) == files.der()
+        new_leaf = new_ca.issue_cert(*IDENTITIES)
+        if renewal == "symlink-swap":
+            volume.update(new_leaf)
+        else:
+            replace_pair(new_leaf, cert, key)
+        await wait_until_served(port, both, files.der(new_leaf))
+        # Only the new certificate from now on; the connection from before is untouched.
+        with pytest.raises(trio.BrokenResourceError):
+            await mqtt_over_tls(port, files.client_context(files.ca), b"old-trust")
+        await ping(before)
+        await before.aclose()
+
+
+async def test_a_half_renewed_pair_keeps_the_old_certificate_until_the_key_follows(
+    logged: list[dict[str, Any]], start_daemon: StartDaemon, files: Files
+) -> None:
+    port = tls_port((await start_daemon(tls_config(files, tls_reload_interval=WATCH))).mqtt)
+    new_ca = trustme.CA()
+    new_leaf = new_ca.issue_cert(*IDENTITIES)
+    both = files.client_context(files.ca, new_ca)
+    with trio.fail_after(10):
+        # The certificate is renewed, its key not written yet: the pair does not load.
+        replace_file(new_leaf.cert_chain_pems[0], files.cert)
+        while True:
+            if events(logged, "tls_reload_failed"):
+                break
+            await trio.sleep(0.05)
+        assert await served(port, both) == files.der()
+        replace_file(new_leaf.private_key_pem, files.key)
+        await wait_until_served(port, both, files.der(new_leaf))
+    [failed, *_] = events(logged, "tls_reload_failed")
+    assert failed["variable"] == KEY_VAR
+    first, *_, last = events(logged, "tls_files_changed")
+    assert first["files"] == [files.cert]
+    # Compared with the pair last loaded, not the last poll: both files differ.
+    assert last["files"] == [files.cert, files.key]
+    assert [e["generation"] for e in events(logged, "tls_reloaded")] == [1]
+
+
+async def test_interval_0_watches_nothing_and_sighup_still_reloads(
+    logged: list[dict[str, Any]], start_daemon: StartDaemon, files: Files
+) -> None:
+    port = tls_port((await start_daemon(tls_config(files, tls_reload_interval=0.0))).mqtt)
+    new_ca = trustme.CA()
+    new_leaf = new_ca.issue_cert(*IDENTITIES)
+    both = files.client_context(files.ca, new_ca)
+    with trio.fail_after(10):
+        replace_pair(new_leaf, files.cert, files.key)
+        # 0 must not mean "poll without pause": a while later nothing has been reloaded.
+        await trio.sleep(3 * WATCH)
+        assert await served(port, both) == files.der()
+        assert not events(logged, "tls_files_changed")
+        os.kill(os.getpid(), signal.SIGHUP)  # the daemon runs in this main thread
+        await wait_until_served(port, both, files.der(new_leaf))
+
+
+async def test_the_watch_retries_what_failed_even_when_the_files_look_as_last_seen(
+    logged: list[dict[str, Any]], files: Files, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A key rewritten in place within one mtime tick leaves its stamp as the
+    last poll saw it. The watch compares with the last *successful* load, so
+    the failed certificate change is retried and the pair loads."""
+    certificates = Certificates(files.cert, files.key)
+    first = certificates.context
+    old_key = os.stat(files.key)
+    new_leaf = trustme.CA().issue_cert(*IDENTITIES)
+    assert len(new_leaf.private_key_pem.bytes()) == old_key.st_size  # ECDSA P-256: fixed size
+    async with trio.open_nursery() as nursery:
+        await nursery.start(certificates.watch_files, WATCH)
+        replace_file(new_leaf.cert_chain_pems[0], files.cert)
+        await trio.sleep(1.5 * WATCH)  # one poll (virtual time)
+        assert [e["event"] for e in logged] == ["tls_files_changed", "tls_reload_failed"]
+        assert certificates.context is first
+        new_leaf.private_key_pem.write_to_path(files.key)  # in place: same inode, same size...
+        os.utime(files.key, ns=(old_key.st_atime_ns, old_key.st_mtime_ns))  # ...same mtime
+        await trio.sleep(WATCH)
+        assert certificates.generation == 1
+        assert certificates.context is not first
+        retry = events(logged, "tls_files_changed")[1]
+        assert (retry["files"], retry["retry"]) == ([files.cert], True)
+        await trio.sleep(5 * WATCH)  # loaded: nothing more to do
+        assert len(events(logged, "tls_files_changed")) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_missing_file_is_logged_once_and_the_loaded_certificate_stays(
+    logged: list[dict[str, Any]], files: Files, autojump_clock: trio.testing.MockClock
+) -> None:
+    certificates = Certificates(files.cert, files.key)
+    first = certificates.context
+    os.remove(files.key)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(certificates.watch_files, 1.0)
+        # Virtual time, kept half an interval off the polls so that no wake-up ties with one.
+        await trio.sleep(120.5)  # 120 polls
+        [missing] = events(logged, "tls_file_missing")
+        assert (missing["variable"], missing["file"]) == (KEY_VAR, files.key)
+        assert missing["error"] == "No such file or directory"
+        assert [e["event"] for e in logged] == ["tls_file_missing"]  # no reload attempted
+        assert certificates.context is first
+        await trio.sleep(600)  # a reminder every 10 minutes while it stays missing
+        assert len(events(logged, "tls_file_missing")) == 2
+        new_leaf = trustme.CA().issue_cert(*IDENTITIES)
+        replace_pair(new_leaf, files.cert, files.key)
+        await trio.sleep(1.0)
+        assert certificates.generation == 1
+        nursery.cancel_scope.cancel()
 
 
 # --- the command as a user runs it -----------------------------------------

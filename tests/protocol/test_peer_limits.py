@@ -233,13 +233,13 @@ def test_resend_limited_to_the_new_receive_maximum() -> None:
     # v5 [MQTT-3.3.4-9]: 5 unacknowledged, the client comes back with Receive Maximum 2.
     session = in_flight(5)
     session.window = 2
-    assert session.resend() == [dup(1), dup(2)]
-    assert not session.has_room() and session.next_held() is None
+    assert session.resend(0.0) == [dup(1), dup(2)]
+    assert not session.has_room() and session.next_held(0.0) is None
     # One retransmission per acknowledgement, in the original order (v5 [MQTT-4.6.0-6]).
     for acked, nxt in ((1, 3), (2, 4), (3, 5)):
         assert session.on_puback(acked)
-        assert session.next_held() == dup(nxt)
-        assert session.next_held() is None
+        assert session.next_held(0.0) == dup(nxt)
+        assert session.next_held(0.0) is None
         assert not session.has_room()
     assert session.held == ()
     session.on_puback(4)
@@ -248,7 +248,7 @@ def test_resend_limited_to_the_new_receive_maximum() -> None:
 
 def test_resend_sends_everything_when_the_window_allows() -> None:
     session = in_flight(3, window=3)
-    assert session.resend() == [dup(1), dup(2), dup(3)]
+    assert session.resend(0.0) == [dup(1), dup(2), dup(3)]
     assert session.held == ()
 
 
@@ -259,14 +259,14 @@ def test_messages_past_pubrec_count_in_the_window() -> None:
     session = in_flight(4, qos=2)
     assert session.on_pubrec(1, R.SUCCESS) == Pubrel(1)
     session.window = 2
-    assert session.resend() == [Pubrel(1), dup(2, 2)]
+    assert session.resend(0.0) == [Pubrel(1), dup(2, 2)]
     assert session.on_pubrec(2, R.SUCCESS) == Pubrel(2)
-    assert session.next_held() is None  # 1 and 2 still wait for PUBCOMP
+    assert session.next_held(0.0) is None  # 1 and 2 still wait for PUBCOMP
     assert session.on_pubcomp(1)
-    assert session.next_held() == dup(3, 2)
-    assert session.next_held() is None
+    assert session.next_held(0.0) == dup(3, 2)
+    assert session.next_held(0.0) is None
     assert session.on_pubcomp(2)
-    assert session.next_held() == dup(4, 2)
+    assert session.next_held(0.0) == dup(4, 2)
 
 
 def test_more_pubrels_than_the_window() -> None:
@@ -274,11 +274,11 @@ def test_more_pubrels_than_the_window() -> None:
     session.on_pubrec(1, R.SUCCESS)
     session.on_pubrec(2, R.SUCCESS)
     session.window = 1
-    assert session.resend() == [Pubrel(1), Pubrel(2)]
+    assert session.resend(0.0) == [Pubrel(1), Pubrel(2)]
     session.on_pubcomp(1)
-    assert session.next_held() is None  # 2 still takes the one slot
+    assert session.next_held(0.0) is None  # 2 still takes the one slot
     session.on_pubcomp(2)
-    assert session.next_held() == dup(3, 2)
+    assert session.next_held(0.0) == dup(3, 2)
 
 
 def test_acknowledgement_of_a_held_message_ends_it() -> None:
@@ -286,15 +286,15 @@ def test_acknowledgement_of_a_held_message_ends_it() -> None:
     session = in_flight(4, qos=1)
     session.start("t", b"q2", 2, False, NO_PROPERTIES)  # id 5, QoS 2
     session.window = 1
-    assert session.resend() == [dup(1)]
+    assert session.resend(0.0) == [dup(1)]
     assert session.on_puback(3)
     assert session.on_pubrec(5, R.SUCCESS) == Pubrel(5)  # v5 [MQTT-4.3.3-6]: no PUBLISH after PUBREL
     session.forget(4)
     assert list(session.held) == [2]
     session.on_puback(1)
-    assert session.next_held() is None  # 5, now past PUBREC, takes the one slot
+    assert session.next_held(0.0) is None  # 5, now past PUBREC, takes the one slot
     session.on_pubcomp(5)
-    assert session.next_held() == dup(2)
+    assert session.next_held(0.0) == dup(2)
     assert session.held == ()
 
 
@@ -302,7 +302,7 @@ def test_error_pubrec_for_a_held_message_frees_it() -> None:
     # v5 [MQTT-4.4.0-2]: acknowledged, never retransmitted.
     session = in_flight(2, qos=2)
     session.window = 1
-    session.resend()
+    session.resend(0.0)
     assert session.on_pubrec(2, R.UNSPECIFIED_ERROR) is None
     assert session.held == () and list(session.inflight) == [1]
 
@@ -310,6 +310,6 @@ def test_error_pubrec_for_a_held_message_frees_it() -> None:
 def test_clean_start_drops_held_retransmissions() -> None:
     session = in_flight(3)
     session.window = 1
-    session.resend()
+    session.resend(0.0)
     session.reset_connection_state()
     assert session.held == () and session.has_room()
