@@ -7,7 +7,6 @@ objects (which take a lock per observation) on paths that run per message.
 from __future__ import annotations
 
 import bisect
-import collections
 
 import attrs
 
@@ -20,7 +19,6 @@ class LatencyHistogram:
 
     ``counts[i]`` counts observations ``<= bounds[i]`` and above the previous
     bound (not cumulative); ``counts[-1]`` is above the last bound (+Inf).
-    ``recent`` keeps the last 4096 samples for percentiles.
     """
 
     bounds: tuple[float, ...] = LATENCY_BUCKETS_S
@@ -29,17 +27,10 @@ class LatencyHistogram:
     )
     total: float = 0.0
     count: int = 0
-    recent: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=4096))
 
     def observe(self, seconds: float) -> None:
         # bisect_left: the first bound >= seconds, i.e. the "le" bucket.
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
         self.count += 1
-        self.recent.append(seconds)
 
-    def quantile(self, q: float) -> float | None:
-        if not self.recent:
-            return None
-        ordered = sorted(self.recent)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
