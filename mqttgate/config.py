@@ -334,6 +334,12 @@ class Config:
     max_retained_messages: int = setting(
         100_000, int_range(0), "Retained messages kept; new topics beyond it are not retained"
     )
+    max_retained_bytes: int = setting(
+        64 * 1024 * 1024, nonnegative_size,
+        "Payload bytes all retained messages may hold; a message beyond it is not retained "
+        "(and clears its topic's old one)",
+        shown_default="64MiB",
+    )
     max_topic_length: int = setting(
         1024, int_range(1, 65535), "Longest topic name or filter, in bytes"
     )

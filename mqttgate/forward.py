@@ -2,8 +2,10 @@
 
 The broker hands every authenticated PUBLISH to a :class:`Forwarder`:
 
-* QoS 0: ``submit_nowait`` — never waits; returns False when the bounded queue
-  is full and the message was dropped (the caller counts it).
+* QoS 0: ``try_submit`` (never waits; None when the bounded queue is full),
+  then at most a short ``submit`` (the broker gives the pump 20 ms to make
+  room), then ``submit_nowait``, which returns False when the message was
+  dropped (the caller counts it). Wills use ``submit_nowait`` alone.
 * QoS 1/2: ``await submit(message)`` waits for queue space (this is the
   backpressure that stops reading the device's socket) and returns a
   :class:`Ticket`; the connection sends PUBACK/PUBREC only after

@@ -22,6 +22,7 @@ import swagger_ui
 from quart import Response, send_from_directory
 from quart_schema import HttpSecurityScheme, Info, QuartSchema, hide
 from quart_trio import QuartTrio
+from werkzeug.exceptions import NotFound
 
 from mqttgate import __version__
 from mqttgate.api import devices, ops
@@ -37,6 +38,9 @@ log = get_logger("api")
 SWAGGER_STATIC = Path(swagger_ui.__file__).parent / "static"
 #: Largest request body; a device type is 64 characters, so 16 KiB is generous.
 MAX_BODY_BYTES = 16 * 1024
+#: Longest wait for a request body, in seconds: 16 KiB take far less on any
+#: working link, and a stalled upload must not hold its connection for ever.
+BODY_TIMEOUT_S = 10
 
 
 def api_token(config: Config, has_registry: bool) -> str | None:
@@ -70,6 +74,8 @@ def create_app(config: Config, **services: Any) -> QuartTrio:
 
     app = PatchedQuartTrio("mqttgate")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # A client that announces a body and stops sending gets 408 (Quart's default: 60 s).
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = "/docs/static/swagger-ui-bundle.js"
     app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = "/docs/static/swagger-ui.css"
     app.extensions["mqttgate"] = {
@@ -100,7 +106,11 @@ def create_app(config: Config, **services: Any) -> QuartTrio:
     @hide
     async def docs_static(filename: str) -> Response:
         # send_from_directory refuses paths escaping the directory (404).
-        return await send_from_directory(SWAGGER_STATIC, filename)
+        try:
+            return await send_from_directory(SWAGGER_STATIC, filename)
+        except OSError:
+            # A name the file system refuses outright (ENAMETOOLONG...): not found.
+            raise NotFound() from None
 
     app.register_blueprint(devices.blueprint)
     ops.register(app, config, app.extensions["mqttgate"])

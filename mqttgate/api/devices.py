@@ -48,6 +48,7 @@ ID_ATTEMPTS = 3
 
 _DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 
@@ -189,6 +190,9 @@ async def _json_object() -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        # json's C scanner gives up on deep nesting ("[" * 16000 fits in 16 KiB).
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return data
@@ -208,6 +212,9 @@ def _device_type(data: dict[str, Any]) -> str:
         )
     if _CONTROL.search(value):
         raise ApiError(400, "invalid_type", "field 'type' must not contain control characters")
+    if _SURROGATE.search(value):
+        # JSON may carry an escaped lone surrogate: not UTF-8, PostgreSQL cannot store it.
+        raise ApiError(400, "invalid_type", "field 'type' must not contain lone surrogates")
     return value
 
 
@@ -298,13 +305,18 @@ async def list_devices() -> Response:
     """List devices, optionally of one type; cursor pagination in id order."""
     args = request.args
     device_type = args.get("type") or None
+    if device_type is not None and _CONTROL.search(device_type):
+        # No device has such a type, and PostgreSQL refuses U+0000 in a query.
+        raise ApiError(400, "invalid_type", "the type filter must not contain control characters")
     cursor = args.get("cursor") or None
     if cursor is not None and not _DEVICE_ID.match(cursor):
         raise ApiError(400, "invalid_cursor", "cursor must be a next_cursor value from a previous page")
     limit_text = args.get("limit")
     limit = DEFAULT_PAGE
     if limit_text is not None:
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        # isdigit() alone admits "²", which int() refuses: ASCII digits only.
+        digits = limit_text.isascii() and limit_text.isdigit()
+        if not digits or not 1 <= int(limit_text) <= MAX_PAGE:
             raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}")
         limit = int(limit_text)
     # One extra row tells whether there is a next page.

@@ -76,6 +76,7 @@ BROKER_SCALARS: dict[str, tuple[str, str, str]] = {
     "takeovers": ("takeovers", "counter", "Sessions taken over by a new connection with the same client id"),
     "wills_published": ("wills_published", "counter", "Will messages published"),
     "retained_count": ("retained_messages", "gauge", "Retained messages held"),
+    "retained_bytes": ("retained_bytes", "gauge", "Payload bytes of the retained messages held"),
     "sessions_count": ("sessions", "gauge", "Sessions held (connected and persistent offline)"),
 }
 

@@ -4,19 +4,94 @@ Works around a quart-trio/hypercorn bug (stack-notes section 1.3): the final
 response body send is cancelled when quart-trio sees ``http.disconnect``, so
 hypercorn never closes HTTP/1.1 connections. Shielding that one send fixes it;
 tests/test_http_server.py keeps a regression test (EOF after ``Connection: close``).
+
+Requests that h11 cannot parse (bad request line or headers, headers over
+16 KiB, an unknown Transfer-Encoding) never reach the app: hypercorn answers
+them itself with an empty body. ``_send_json_error_response`` replaces that
+answer with the API's JSON error shape (docs/api.md "Errors"). And
+``_TCPServer`` puts a deadline on hypercorn's shielded writes (see
+``SEND_TIMEOUT_S``). tests/registry/test_hostile_http.py checks both still
+take effect.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
+from mqttgate.api.errors import _HTTP_CODES
 from mqttgate.config import Address
+
+_PROTOCOL_ERROR_DETAIL = {
+    400: "the request is not valid HTTP/1.1",
+    431: "the request line or headers are too large (at most 16 KiB)",
+    501: "unsupported Transfer-Encoding",
+}
+
+
+async def _send_json_error_response(self: Any, status_code: int) -> None:
+    """hypercorn's ``H11Protocol._send_error_response``, with a JSON body."""
+    body = json.dumps(
+        {
+            "error": _HTTP_CODES.get(status_code, "bad_request"),
+            "detail": _PROTOCOL_ERROR_DETAIL.get(status_code, "malformed request"),
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *self.config.response_headers("h11"),
+    ]
+    await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+    await self._send_h11_event(h11.Data(data=body))
+    await self._send_h11_event(h11.EndOfMessage())
+
+
+setattr(H11Protocol, "_send_error_response", _send_json_error_response)  # noqa: B010
+
+#: Longest one write of a response may take, in seconds. hypercorn shields
+#: every write from cancellation, so a client that never reads its response
+#: (a Swagger asset, a long device list) held its connection, and the
+#: daemon's shutdown, for ever. 10 s for one chunk (at most the whole body of
+#: a JSON answer, 8 KiB of a file) cuts only a client that has stopped reading.
+SEND_TIMEOUT_S = 10.0
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection handler, with a deadline on every write."""
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            # Still shielded (a cancelled write would leave the stream in an
+            # unknown state), but with its own deadline.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + SEND_TIMEOUT_S
+                try:
+                    await self.stream.send_all(event.data)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if scope.cancelled_caught:
+                await self.stream.aclose()  # the write stopped half way: unusable
+            await self.protocol.handle(Closed())
+
+
+setattr(_hypercorn_run, "TCPServer", _TCPServer)  # noqa: B010
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):

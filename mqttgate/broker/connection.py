@@ -90,6 +90,10 @@ _R = ReasonCode
 _INF = math.inf
 #: Longest wait for the peer's EOF after our half-close (Connection._linger).
 _LINGER = 1.0
+#: Longest wait to write the closing DISCONNECT and the rest of the outbox.
+_CLOSE_WRITE_S = 2.0
+#: Topic filters one SUBSCRIBE / UNSUBSCRIBE may carry, unless max_subscriptions is larger.
+MAX_TOPIC_FILTERS_FLOOR = 10_000
 _CONNACK_V311 = b"\x20\x02\x00\x00"  # CONNACK, length 2, session present 0, return code 0
 _CONNACK_V311_PRESENT = b"\x20\x02\x01\x00"  # CONNACK, length 2, session present 1, return code 0
 _checkpoint = trio.lowlevel.checkpoint
@@ -145,7 +149,11 @@ class Connection(InboundPublishes):
         self.stream = stream
         self.conn_id = conn_id
         self.peer = peer
-        self.decoder = Decoder(max_packet_size=broker.config.max_packet_size)
+        self.decoder = Decoder(
+            max_packet_size=broker.config.max_packet_size,
+            # docs/broker.md "Limits": filters per SUBSCRIBE / UNSUBSCRIBE.
+            max_topic_filters=max(MAX_TOPIC_FILTERS_FLOOR, broker.config.max_subscriptions),
+        )
         self.version: ProtocolVersion = ProtocolVersion.V311
         self.client_id = ""
         self.identity: Identity = ANONYMOUS
@@ -600,7 +608,10 @@ class Connection(InboundPublishes):
                 decoder.feed(rview[:n])
                 if not waited:
                     await _checkpoint()
-            if timeout != _INF:
+            if timeout != _INF and decoder.has_packet():
+                # Keep alive counts whole packets (v5 [MQTT-3.1.2-22], v311
+                # [MQTT-3.1.2-24]): bytes of an unfinished one do not move the
+                # deadline. One header peek per read, none per packet.
                 deadline = _current_time() + timeout
                 if sock is not None:
                     self.deadline = deadline
@@ -671,11 +682,14 @@ class Connection(InboundPublishes):
     async def _close(self) -> None:
         broker = self.broker
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(broker.config.shutdown_timeout if broker.shutting_down else 2.0):
-                if self.acks and broker.shutting_down:
-                    # Let in-flight forwards finish so their acks can go out.
+            if self.acks and broker.shutting_down:
+                # Let in-flight forwards finish so their acks can go out, but
+                # stop early enough that the DISCONNECT below still goes out
+                # before the daemon's shutdown deadline.
+                with trio.move_on_at(broker.acks_deadline):
                     while self.acking and self.acks_done is not None:
                         await self.acks_done.wait()
+            with trio.move_on_after(_CLOSE_WRITE_S):
                 reason = self.close_reason
                 if reason is not None and self.connected and self.version == _V5:
                     props = _reason_props(self.version, _CLOSE_DETAIL.get(reason, ""))
@@ -747,7 +761,8 @@ _CLOSE_DETAIL = {
     _R.SESSION_TAKEN_OVER: "another connection with this client id",
     _R.SERVER_SHUTTING_DOWN: "server shutting down",
     _R.KEEP_ALIVE_TIMEOUT: "no packet within keep alive x 1.5",
-    _R.QUOTA_EXCEEDED: "too many messages queued for this client",
+    # Also sent for a SUBSCRIBE / UNSUBSCRIBE over the topic filter limit (codec).
+    _R.QUOTA_EXCEEDED: "quota exceeded: too many queued messages, or topic filters in one packet",
 }
 
 

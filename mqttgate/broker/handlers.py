@@ -40,8 +40,6 @@ log = get_logger("broker")
 _V5 = ProtocolVersion.V5
 _R = ReasonCode
 _PINGRESP = b"\xd0\x00"
-#: The reasons a client's DISCONNECT may carry that keep the Will (v5 section 3.14.2.1).
-_WILL_KEEPING = frozenset({_R.DISCONNECT_WITH_WILL_MESSAGE})
 
 
 def on_puback(conn: Connection, packet: Puback) -> None:
@@ -70,7 +68,8 @@ def on_pubrel(conn: Connection, packet: Pubrel) -> None:
         session.inbound_done(pid)
         conn.write(b"\x70\x02" + pid.to_bytes(2, "big"))
     else:
-        # v5 [MQTT-4.3.3-?]: PUBCOMP 0x92 for an unknown id; 3.1.1 plain PUBCOMP.
+        # v5 [MQTT-4.3.3-11], section 3.7.2.1: PUBCOMP 0x92 for an unknown id;
+        # v311 [MQTT-3.6.4-1]: a plain PUBCOMP.
         conn.write(encode(Pubcomp(pid, _R.PACKET_IDENTIFIER_NOT_FOUND), conn.version))
 
 
@@ -157,7 +156,7 @@ def on_subscribe(conn: Connection, packet: Subscribe) -> None:
         codes = [c if c <= _R.GRANTED_QOS_2 else _R.UNSPECIFIED_ERROR for c in codes]
     conn.write(encode(Suback(packet.packet_id, tuple(codes)), conn.version))
     for message, qos, sub_ids in retained:
-        # v5 [MQTT-3.3.1-8], v311 [MQTT-3.3.1-8]: retained on subscription keeps RETAIN=1.
+        # v5 section 3.3.1.3, v311 [MQTT-3.3.1-8]: retained on subscription keeps RETAIN=1.
         handle.deliver(message, qos, True, sub_ids)
 
 
@@ -167,7 +166,13 @@ def on_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     session = conn.handle.session  # type: ignore[union-attr]
     codes = []
     for topic_filter in packet.topic_filters:
-        removed = broker.router.unsubscribe(conn.client_id, topic_filter)
+        try:
+            removed = broker.router.unsubscribe(conn.client_id, topic_filter)
+        except MQTTError:
+            # A 3.1.1 filter such as "$share//a" is valid MQTT but no shared
+            # subscription (SUBSCRIBE gets 0x80 for it), so nothing is removed;
+            # the UNSUBACK is still due (v311 [MQTT-3.10.4-4], [MQTT-3.10.4-5]).
+            removed = False
         session.subscriptions.pop(topic_filter, None)
         codes.append(_R.SUCCESS if removed else _R.NO_SUBSCRIPTION_EXISTED)
     conn.write(encode(Unsuback(packet.packet_id, tuple(codes)), conn.version))
@@ -181,14 +186,16 @@ def on_disconnect(conn: Connection, packet: Disconnect) -> bool:
     expiry = packet.properties.session_expiry_interval
     if expiry is not None:
         if conn.connect_expiry == 0 and expiry != 0:
-            # v5 [MQTT-3.14.2-2]
+            # v5 section 3.14.2.2.2 (a rule without a clause id)
             raise MQTTError(
                 _R.PROTOCOL_ERROR, "Session Expiry set on DISCONNECT after 0 on CONNECT"
             )
         handle = conn.handle
         assert handle is not None
         handle.session.expiry = min(expiry, conn.broker.limits.max_session_expiry)
-    conn.abnormal = packet.reason_code in _WILL_KEEPING
+    # v5 [MQTT-3.1.2-8], [MQTT-3.1.2-10], [MQTT-3.14.4-3]: only Reason Code 0x00
+    # deletes the Will; 0x04, and any error the client reports, keep it.
+    conn.abnormal = packet.reason_code != _R.SUCCESS
     return False
 
 

@@ -50,6 +50,9 @@ log = get_logger("broker")
 
 _V5 = ProtocolVersion.V5
 _R = ReasonCode
+#: Longest wait of a QoS 0 message for room in the forward queue before it is
+#: dropped (docs/nats.md "Delivery guarantees and backpressure").
+QOS0_PATIENCE_S = 0.02
 
 
 class InboundPublishes:
@@ -116,8 +119,12 @@ class InboundPublishes:
             if (
                 self.version == _V5
                 and len(self.acks) + len(session.awaiting_release) >= limits.receive_maximum
+                and self._inbound_in_flight() >= limits.receive_maximum
             ):
-                # v5 [MQTT-3.3.4-9]
+                # v5 [MQTT-3.3.4-7]. The cheap sum above counts a QoS 2 message
+                # whose PUBREC still waits for its forward ticket twice (in
+                # ``acks`` and in ``awaiting_release``); only when it reaches
+                # the limit is the exact count taken.
                 raise MQTTError(_R.RECEIVE_MAXIMUM_EXCEEDED, "more QoS 1/2 PUBLISHes than Receive Maximum")
         acl = self.acl
         if acl is not None and not acl.may_publish(topic):
@@ -147,8 +154,10 @@ class InboundPublishes:
                     waits_for.append(handle)
             hit.clear()
         if qos == 0:
-            if broker.forwarding and not broker.forwarder.submit_nowait(self._forward_message(message, None)):
-                stats.forward_dropped += 1
+            if broker.forwarding:
+                forwarded = self._forward_message(message, None)
+                if broker.forwarder.try_submit(forwarded) is None:
+                    return self._forward_qos0_later(forwarded)
             return None
         assert pid is not None
         if qos == 2:
@@ -159,6 +168,14 @@ class InboundPublishes:
             self._ack(pid, qos, _R.SUCCESS)
             return None
         return self._queue_ack(pid, qos, DONE)
+
+    def _inbound_in_flight(self) -> int:
+        """The client's QoS 1/2 PUBLISHes not yet acknowledged (v5 section 4.9):
+        QoS 2 ones are in ``awaiting_release`` from routing until PUBREL (also
+        while their PUBREC waits in ``acks``), QoS 1 ones in ``acks`` until
+        their PUBACK is sent."""
+        waiting_qos1 = sum(1 for entry in self.acks if entry[1] == 1)
+        return len(self.handle.session.awaiting_release) + waiting_qos1  # type: ignore[union-attr]
 
     def _forward(self, message: Message, pid: int, qos: int) -> Awaitable[None] | None:
         """Hand a QoS 1/2 message to the forwarder; its ack waits for the
@@ -175,6 +192,26 @@ class InboundPublishes:
             self._ack(pid, qos, _R.SUCCESS)
             return None
         return self._queue_ack(pid, qos, ticket)
+
+    async def _forward_qos0_later(self, forwarded: ForwardMessage) -> None:
+        """The forward queue is full for a QoS 0 message: wait up to
+        QOS0_PATIENCE_S for room (the pump usually makes some in its next
+        turn), then drop it, counted.
+
+        QoS 0 never waits for JetStream, but dropping at the first full queue
+        lost most of a burst to a pump that simply had not run yet; when the
+        pump is really stuck (NATS slow to ack or to read), this bounds what
+        each message costs its publisher.
+        """
+        broker = self.broker
+        self._unbatch()
+        with trio.move_on_after(QOS0_PATIENCE_S):
+            await broker.forwarder.submit(forwarded)
+            broker.batching = True
+            return
+        broker.batching = True
+        if not broker.forwarder.submit_nowait(forwarded):  # counts its own drop
+            broker.stats.forward_dropped += 1
 
     async def _forward_waiting(self, forwarded: ForwardMessage, pid: int, qos: int) -> None:
         # The forward queue is full: this wait is the backpressure that

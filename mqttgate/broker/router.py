@@ -25,7 +25,10 @@ Delivery policy (decided here, documented in docs/broker.md):
   member, round robin, skipping members that are offline or congested while
   another member can take it (v5 section 4.8.2);
 * retained: an empty payload deletes (v5 [MQTT-3.3.1-6], v311
-  [MQTT-3.3.1-10]); beyond ``max_retained`` new topics are not retained.
+  [MQTT-3.3.1-10]); beyond ``max_retained`` new topics are not retained, and
+  beyond ``max_retained_bytes`` of payload a message is not retained and the
+  topic's old one is dropped too (v5 [MQTT-3.3.1-7]: "there will be no
+  retained message for that topic"), so no stale value is served instead.
 """
 
 from __future__ import annotations
@@ -91,9 +94,13 @@ class _Group:
 class LocalRouter:
     """The in-process :class:`Router`."""
 
-    def __init__(self, stats: BrokerStats, *, max_retained: int) -> None:
+    def __init__(
+        self, stats: BrokerStats, *, max_retained: int, max_retained_bytes: int | None = None
+    ) -> None:
         self.stats = stats
         self.max_retained = max_retained
+        #: Payload bytes the retained messages may hold (None: no limit).
+        self.max_retained_bytes = max_retained_bytes
         self._trie: TopicTrie[str, SubOptions] = TopicTrie()
         self._shared: TopicTrie[str, _Group] = TopicTrie()
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -231,13 +238,26 @@ class LocalRouter:
 
     def retain(self, message: Message) -> None:
         retained = self._retained
-        if not message.payload:
-            retained.delete(message.topic)
-        elif retained.get(message.topic) is not None or len(retained) < self.max_retained:
-            retained.set(message.topic, message)
+        stats = self.stats
+        topic = message.topic
+        old = retained.get(topic)
+        freed = 0 if old is None else len(old.payload)
+        size = len(message.payload)
+        budget = self.max_retained_bytes
+        if size and (old is not None or len(retained) < self.max_retained) and (
+            budget is None or stats.retained_bytes - freed + size <= budget
+        ):
+            retained.set(topic, message)
+            stats.retained_bytes += size - freed
         else:
-            self.stats.retained_dropped += 1
-        self.stats.retained_count = len(retained)
+            if size:
+                stats.retained_dropped += 1
+            if old is not None:
+                # Empty payload: deleted; over the limits: not replaced by a
+                # stale value either (v5 [MQTT-3.3.1-7]).
+                retained.delete(topic)
+                stats.retained_bytes -= freed
+        stats.retained_count = len(retained)
 
     def retained_for(self, topic_filter: str, now: float) -> list[Message]:
         out = []
@@ -245,6 +265,7 @@ class LocalRouter:
             if message.expires_at is not None and message.expires_at <= now:
                 # v5 [MQTT-3.3.2-5]: an expired retained message is not sent.
                 self._retained.delete(topic)
+                self.stats.retained_bytes -= len(message.payload)
                 self.stats.messages_expired += 1
                 continue
             out.append(message)

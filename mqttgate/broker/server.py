@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
+import math
 import secrets
 import socket
 from collections.abc import Callable
@@ -112,8 +113,14 @@ class Broker:
         #: the per-connection events cannot afford (made after logs.configure).
         self.log = log.bind()
         self.limits = limits_from(config)
-        self.router = LocalRouter(self.stats, max_retained=config.max_retained_messages)
+        self.router = LocalRouter(
+            self.stats,
+            max_retained=config.max_retained_messages,
+            max_retained_bytes=config.max_retained_bytes,
+        )
         self.shutting_down = False
+        #: When draining connections stop waiting for forward acks (set at shutdown).
+        self.acks_deadline = math.inf
         #: Congested sessions publishers wait for (overload control, broker/delivery.py).
         self.overload = Overload(config.max_publisher_pause)
         #: Connections with unsent output, flushed at the end of the read
@@ -163,6 +170,10 @@ class Broker:
                 for listener in listeners:
                     await listener.aclose()
                 self.shutting_down = True
+                # Connections wait for their pending forwards until here, then
+                # send their DISCONNECT (0x8B) within the daemon's deadline.
+                timeout = self.config.shutdown_timeout
+                self.acks_deadline = trio.current_time() + timeout - min(1.0, timeout / 4)
                 log.info("mqtt_draining", connections=len(self._conns))
                 for conn in list(self._conns.values()):
                     conn.kick(ReasonCode.SERVER_SHUTTING_DOWN)

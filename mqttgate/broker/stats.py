@@ -34,7 +34,10 @@ class BrokerStats:
     publish_denied: int = 0
     subscribe_denied: int = 0
     retained_count: int = 0
-    #: Retained messages refused because max_retained_messages was reached.
+    #: Payload bytes of the retained messages held (bounded by max_retained_bytes).
+    retained_bytes: int = 0
+    #: Retained messages refused because max_retained_messages or
+    #: max_retained_bytes was reached.
     retained_dropped: int = 0
     sessions_count: int = 0
     #: QoS 0 messages the forwarder refused (its queue was full).

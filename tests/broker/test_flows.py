@@ -189,10 +189,14 @@ class SlowForwarder:
         self.fail = False
 
     async def submit(self, message: ForwardMessage) -> Any:
+        if message.qos == 0:
+            await trio.sleep_forever()  # the queue stays full
         self.messages.append(message)
         return self
 
     def try_submit(self, message: ForwardMessage) -> Any:
+        if message.qos == 0:
+            return None  # the queue is full for QoS 0: submit_nowait decides
         self.messages.append(message)
         return self
 
@@ -217,6 +221,7 @@ async def test_acks_wait_for_forward_tickets_in_order(nursery: trio.Nursery) -> 
         await client.packet()
         await client.send(publish("a", b"1", qos=1, packet_id=1, v5=True) + publish("a", b"2", qos=1, packet_id=2, v5=True))
         await client.send(publish("a", b"0", v5=True))
+        await trio.sleep(0.1)  # a QoS 0 message waits QOS0_PATIENCE_S for room, then is dropped
         await trio.testing.wait_all_tasks_blocked()
         assert [m.payload for m in forwarder.messages] == [b"1", b"2", b"0"]
         assert forwarder.messages[0].msg_id != forwarder.messages[1].msg_id

@@ -181,3 +181,25 @@ async def test_a_topic_with_no_nats_subject_is_refused_not_retried(
             await trio.to_thread.run_sync(client.stop)
     stored = await stream_contents(jetstream.url, jetstream.stream)
     assert [s.headers["Mqtt-Topic"] for s in stored] == ["sensors/ok"]
+
+
+async def test_a_qos0_burst_larger_than_the_queue_is_stored_in_full(
+    start_daemon: StartDaemon, jetstream: JetStreamNames
+) -> None:
+    """A full forward queue lets the pump run once before a QoS 0 message is
+    dropped: with NATS healthy, a burst 25 times the queue loses nothing
+    (docs/nats.md, "Delivery guarantees and backpressure")."""
+    from tests.broker.raw import RawClient, publish
+
+    port = port_of((await start_daemon(daemon_config(jetstream, nats_queue_size=16))).mqtt)
+    burst = b"".join(publish(f"burst/{index % 7}", b"%d" % index) for index in range(400))
+    with trio.fail_after(30):
+        client = await RawClient.connected(port, "burst")
+        await client.send(burst + b"\xc0\x00")  # ... then PINGREQ
+        assert await client.packet() == b"\xd0\x00"  # every PUBLISH before it was handled
+        await client.aclose()
+        stored = await stream_contents(jetstream.url, jetstream.stream)
+        while len(stored) < 400:
+            await trio.sleep(0.2)
+            stored = await stream_contents(jetstream.url, jetstream.stream)
+    assert sorted(int(s.data) for s in stored) == list(range(400))
