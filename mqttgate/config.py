@@ -331,6 +331,20 @@ class Config:
     max_queued_messages: int = setting(
         1000, int_range(1), "Messages queued per session (offline or slow) before overflow handling"
     )
+    # Without it, sessions x max_queued_messages x max_packet_size is the
+    # bound: about 100 TB at the defaults. 256 MiB holds 1000 full queues of
+    # 256-byte messages; docs/broker.md "Limits".
+    max_queued_bytes: int = setting(
+        256 * 1024 * 1024, nonnegative_size,
+        "Bytes (payload, topic, v5 properties) of the messages all sessions' queues may hold together; "
+        "beyond it a QoS 1/2 delivery is handled like a full session queue (dropped, or 0x97 for a connected client)",
+        shown_default="256MiB",
+    )
+    max_sessions: int = setting(
+        100_000, int_range(1),
+        "Sessions held, connected and offline persistent; a CONNECT that would create another "
+        "gets 0x97 / rc 3 (resuming or taking over a session is never refused)",
+    )
     max_retained_messages: int = setting(
         100_000, int_range(0), "Retained messages kept; new topics beyond it are not retained"
     )

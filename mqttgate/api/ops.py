@@ -84,6 +84,7 @@ BROKER_SCALARS: dict[str, tuple[str, str, str]] = {
 BROKER_DROPS: dict[str, str] = {
     "dropped_qos0": "subscriber_outbox_full",
     "queue_dropped": "session_queue_full",
+    "queued_bytes_dropped": "queued_bytes_limit",
     "too_large_dropped": "too_large_for_client",
     "messages_expired": "expired",
     "forward_dropped": "forward_queue_full",
@@ -142,6 +143,12 @@ class MqttgateCollector(Collector):
         stats = getattr(broker, "stats", None)
         if stats is not None:
             yield from self._broker(stats)
+        budget = getattr(broker, "queue_budget", None)
+        used = _number(getattr(budget, "used", None))
+        if used is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "queued_bytes", "Bytes of the QoS 1/2 messages queued in all sessions", value=used
+            )
         forwarder = self._services.get("forwarder")
         fstats = getattr(forwarder, "stats", None)
         if fstats is not None:

@@ -469,6 +469,10 @@ class Connection(InboundPublishes):
         if broker.stats.connections_current >= config.max_connections:
             self._refuse(_R.SERVER_BUSY, "too many connections")
             return False
+        if broker.session_limit_reached(self, plan.client_id):
+            # Before authentication: a refused client costs no argon2 verify.
+            self._refuse(_R.QUOTA_EXCEEDED, _SESSION_LIMIT_DETAIL, why="max_sessions")
+            return False
         try:
             identity = await broker.authenticator.authenticate(
                 connect.username, connect.password, client_id=plan.client_id, peer=self.peer
@@ -493,7 +497,12 @@ class Connection(InboundPublishes):
         broker = self.broker
         config = broker.config
         limits = broker.limits
-        handle, present = broker.open_session(self, plan, clean=connect.clean_start)
+        opened = broker.open_session(self, plan, clean=connect.clean_start)
+        if opened is None:
+            # max_sessions filled up while this client was authenticated.
+            self._refuse(_R.QUOTA_EXCEEDED, _SESSION_LIMIT_DETAIL, why="max_sessions")
+            return False
+        handle, present = opened
         self.handle = handle
         self.keepalive = plan.keepalive
         self.connect_expiry = plan.session_expiry
@@ -756,6 +765,9 @@ class Connection(InboundPublishes):
                 trio.lowlevel.notify_closing(sock)
             sock.close()
 
+
+#: v5 Reason String of a CONNACK refused by max_sessions (3.1.1: return code 3).
+_SESSION_LIMIT_DETAIL = "quota exceeded: too many sessions"
 
 _CLOSE_DETAIL = {
     _R.SESSION_TAKEN_OVER: "another connection with this client id",

@@ -12,10 +12,12 @@ never waits:
   offline or its outbox holds ``max_outbox_bytes`` unsent bytes.
 * QoS 1/2: sent at once if the in-flight window (min of ``max_inflight`` and
   the client's Receive Maximum, v5 [MQTT-3.3.4-7]) has room and the outbox is
-  not full; otherwise queued in the session, up to ``max_queued_messages``.
-  When the queue is full, a connected client is disconnected with 0x97
-  (Quota exceeded) because it cannot keep up; for an offline session the new
-  message is dropped. Both are counted.
+  not full; otherwise queued in the session, up to ``max_queued_messages``
+  and while all sessions' queues together stay within ``max_queued_bytes``
+  (``Session.enqueue``). When the queue is full, a connected client is
+  disconnected with 0x97 (Quota exceeded) because it cannot keep up; for an
+  offline session the new message is dropped. Both are counted; a message
+  refused by the byte budget is also counted as ``queued_bytes_dropped``.
 
 :meth:`SessionHandle.pump` moves queued messages into the window when acks
 arrive or the outbox drains.
@@ -47,7 +49,13 @@ from mqttgate.logs import get_logger
 from mqttgate.protocol.codec import PacketTooLargeForPeer, encode
 from mqttgate.protocol.packets import Publish, Pubrel
 from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
-from mqttgate.protocol.session import Message, Overflow, Session, outgoing_properties
+from mqttgate.protocol.session import (
+    BudgetExceeded,
+    Message,
+    Overflow,
+    Session,
+    outgoing_properties,
+)
 
 if TYPE_CHECKING:
     from mqttgate.broker.connection import Connection
@@ -247,7 +255,12 @@ class SessionHandle:
             session.enqueue(message, qos, retain, sub_ids)
             if conn is not None:
                 self._note_pressure()
-        except Overflow:
+        except Overflow as full:
+            # The shared byte budget (max_queued_bytes) takes the same path as
+            # this session's own limit (max_queued_messages), counted apart.
+            budget = type(full) is BudgetExceeded
+            if budget:
+                self.stats.queued_bytes_dropped += 1
             if conn is not None and conn.close_reason is None:
                 self.stats.outbox_overflows += 1
                 log.warning(
@@ -255,9 +268,10 @@ class SessionHandle:
                     conn_id=conn.conn_id,
                     client_id=session.client_id,
                     queued=len(session.queue),
+                    limit="max_queued_bytes" if budget else "max_queued_messages",
                 )
                 conn.kick(ReasonCode.QUOTA_EXCEEDED)
-            else:
+            elif not budget:
                 self.stats.queue_dropped += 1
 
     def _send(self, conn: Connection, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
@@ -327,7 +341,7 @@ class SessionHandle:
                 self._retransmit(conn, held)
         queue = session.queue
         while queue and conn is not None and session.has_room() and conn.out_bytes < self.limit:
-            message, qos, retain, sub_ids = queue.popleft()
+            message, qos, retain, sub_ids = session.dequeue()
             self._send(conn, message, qos, retain, sub_ids)
         if self.pressured or self.slow:
             self.relieved()

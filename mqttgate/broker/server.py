@@ -21,6 +21,15 @@ Takeover: a CONNECT for a client id that is connected ends the old connection
 to close before the session is resumed or replaced. A client id taken over
 more than ``takeover_flap_limit`` times in 10 s waits ``takeover_flap_delay``,
 doubling per extra takeover up to 10 s, before it gets the session.
+
+Memory of sessions: at most ``max_sessions`` exist (connected and offline);
+a CONNECT that would create one more is refused (v5 CONNACK 0x97, 3.1.1
+return code 3), checked before authentication (no argon2 for a refused
+client) and again, without a wait in between, when the session is created.
+A client id with a session (resume, takeover, Clean Start replacing it) is
+never refused. All their queues share one byte budget (``queue_budget``,
+``max_queued_bytes``); a discarded session gives its bytes back
+(``_end_session``).
 """
 
 from __future__ import annotations
@@ -47,12 +56,14 @@ from mqttgate.forward import Forwarder, ForwardMessage, NullForwarder
 from mqttgate.logs import get_logger
 from mqttgate.protocol.packets import Will
 from mqttgate.protocol.reasons import ReasonCode
-from mqttgate.protocol.session import ConnectPlan, Limits, Message, Session
+from mqttgate.protocol.session import ConnectPlan, Limits, Message, QueueBudget, Session
 
 log = get_logger("broker")
 
 _FLAP_WINDOW = 10.0
 _FLAP_MAX_DELAY = 10.0
+#: Seconds between two ``session_limit_reached`` warnings.
+_SESSION_LIMIT_LOG_INTERVAL = 10.0
 #: Seconds between two checks of the connections' read deadlines: keep alive
 #: and connect timeouts fire up to this late.
 _DEADLINE_CHECK = 0.5
@@ -113,6 +124,13 @@ class Broker:
         #: the per-connection events cannot afford (made after logs.configure).
         self.log = log.bind()
         self.limits = limits_from(config)
+        #: Bytes queued in all sessions (``Session.enqueue``/``dequeue``).
+        self.queue_budget = QueueBudget(config.max_queued_bytes)
+        #: ``session_limit_reached`` is logged at most once per
+        #: _SESSION_LIMIT_LOG_INTERVAL (a full broker under a connect storm
+        #: would flood the log); refusals in between are counted here.
+        self._session_limit_log_at = -math.inf
+        self._session_limit_suppressed = 0
         self.router = LocalRouter(
             self.stats,
             max_retained=config.max_retained_messages,
@@ -373,15 +391,50 @@ class Broker:
             return 0.0
         return float(min(self.config.takeover_flap_delay * 2 ** (excess - 1), _FLAP_MAX_DELAY))
 
-    def open_session(self, conn: Connection, plan: ConnectPlan, *, clean: bool) -> tuple[SessionHandle, bool]:
-        """Resume or create the session of ``conn``; returns it and Session Present."""
+    def session_limit_reached(self, conn: Connection, client_id: str) -> bool:
+        """True if ``client_id`` has no session and ``max_sessions`` are held.
+
+        Logs ``session_limit_reached`` (at most once per 10 s, with the
+        number of refusals not logged since); the caller refuses the
+        CONNECT, which also logs ``connect_denied``.
+        """
+        if self.stats.sessions_count < self.config.max_sessions or self.router.target(client_id) is not None:
+            return False
+        now = trio.current_time()
+        if now < self._session_limit_log_at + _SESSION_LIMIT_LOG_INTERVAL:
+            self._session_limit_suppressed += 1
+        else:
+            log.warning(
+                "session_limit_reached",
+                conn_id=conn.conn_id,
+                client_id=client_id,
+                sessions=self.stats.sessions_count,
+                max_sessions=self.config.max_sessions,
+                suppressed=self._session_limit_suppressed,
+            )
+            self._session_limit_log_at = now
+            self._session_limit_suppressed = 0
+        return True
+
+    def _end_session(self, client_id: str, handle: SessionHandle) -> None:
+        """Discard a session: out of the router, its queued bytes back to the budget."""
+        self.router.detach(client_id, handle)
+        handle.session.end()
+
+    def open_session(
+        self, conn: Connection, plan: ConnectPlan, *, clean: bool
+    ) -> tuple[SessionHandle, bool] | None:
+        """Resume or create the session of ``conn``; returns it and Session
+        Present, or None if a new session would exceed ``max_sessions``."""
         client_id = plan.client_id
         target = self.router.target(client_id)
         handle = target if isinstance(target, SessionHandle) else None
+        if handle is None and self.session_limit_reached(conn, client_id):
+            return None
         pending = self._pending_wills.pop(client_id, None)
         if handle is not None and clean:
             # v5 [MQTT-3.1.2-4], v311 [MQTT-3.1.2-6]: Clean Start discards the old session.
-            self.router.detach(client_id, handle)
+            self._end_session(client_id, handle)
             if pending is not None:
                 # The old session ends now, so its delayed Will is due (v5 section 3.1.3.2.2).
                 self._publish_will(client_id, pending)
@@ -392,6 +445,7 @@ class Broker:
                 secrets.token_hex(8),
                 max_queued=self.config.max_queued_messages,
                 expiry=plan.session_expiry,
+                budget=self.queue_budget,
             )
             handle = SessionHandle(
                 session, self.stats, self.config.max_outbox_bytes, trio.current_time, self.overload
@@ -430,7 +484,7 @@ class Broker:
         will = conn.will if conn.abnormal and not self.shutting_down else None
         pending = _PendingWill(handle.epoch, will, conn.identity, conn.acl) if will is not None else None
         if session.expiry == 0:
-            self.router.detach(client_id, handle)
+            self._end_session(client_id, handle)
             if pending is not None:
                 self._publish_will(client_id, pending)
             return
@@ -450,7 +504,7 @@ class Broker:
         if handle.epoch != epoch or handle.conn is not None or self.router.target(client_id) is not handle:
             return
         log.debug("session_expired", client_id=client_id)
-        self.router.detach(client_id, handle)
+        self._end_session(client_id, handle)
         pending = self._pending_wills.pop(client_id, None)
         if pending is not None:
             self._publish_will(client_id, pending)

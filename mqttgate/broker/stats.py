@@ -27,6 +27,10 @@ class BrokerStats:
     outbox_overflows: int = 0
     #: QoS 1/2 messages for offline sessions dropped because the queue was full.
     queue_dropped: int = 0
+    #: QoS 1/2 deliveries refused because all sessions' queues held
+    #: max_queued_bytes (an online receiver is also disconnected, 0x97, and
+    #: counted in outbox_overflows).
+    queued_bytes_dropped: int = 0
     #: Deliveries dropped because they exceed the client's Maximum Packet Size.
     too_large_dropped: int = 0
     #: Messages dropped because their Message Expiry Interval passed.

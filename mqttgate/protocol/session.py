@@ -15,6 +15,12 @@ a socket or a logger: times come in as ``now`` (monotonic seconds) arguments.
   messages, the inbound QoS 2 packet ids waiting for PUBREL, the subscription
   mirror and the de-duplication ids handed to the forwarder. Its methods take
   packets and return the packets to send; the connection encodes them.
+* :class:`QueueBudget` is the one byte budget all sessions' queues share
+  (``max_queued_bytes``): every queued entry adds its message's
+  :func:`queued_size` on :meth:`Session.enqueue` and gives it back when it
+  leaves the queue (:meth:`Session.dequeue`, :meth:`Session.end`,
+  :meth:`Session.reset_connection_state`), so the number of persistent
+  sessions cannot multiply ``max_queued_messages`` into unbounded memory.
 
 Outbound QoS 1/2 flow (server -> client), per packet id::
 
@@ -210,7 +216,7 @@ def connack_for(
 class Message:
     """An application message being routed: what a client (or a will) published."""
 
-    __slots__ = ("cache", "expires_at", "payload", "properties", "qos", "retain", "sender", "topic")
+    __slots__ = ("cache", "expires_at", "payload", "properties", "qos", "retain", "sender", "size", "topic")
 
     def __init__(
         self,
@@ -234,6 +240,8 @@ class Message:
         self.expires_at = expires_at
         #: Encoded QoS 0 PUBLISH bytes shared by subscribers with equal options.
         self.cache: dict[tuple[int, bool, tuple[int, ...]], bytes] | None = None
+        #: :func:`queued_size`, measured when the message is first queued (-1: not yet).
+        self.size = -1
 
 
 def message_from_publish(publish: Publish, topic: str, sender: str | None, now: float) -> Message:
@@ -247,6 +255,57 @@ def message_from_publish(publish: Publish, topic: str, sender: str | None, now: 
         if props.message_expiry_interval is not None:
             expires_at = now + props.message_expiry_interval
     return Message(topic, publish.payload, publish.qos, publish.retain, props, sender, expires_at)
+
+
+def _properties_size(props: Properties) -> int:
+    """The client-controlled variable-length part of a PUBLISH's properties.
+
+    The fixed-size properties (a few bytes each, at most once) are left out.
+    Strings count in characters, like the topic: close enough for a budget,
+    and no encoding on the delivery path.
+    """
+    size = 0
+    for text in (props.content_type, props.response_topic):
+        if text is not None:
+            size += len(text)
+    if props.correlation_data is not None:
+        size += len(props.correlation_data)
+    for key, value in props.user_properties:
+        size += len(key) + len(value)
+    return size
+
+
+def queued_size(message: Message) -> int:
+    """What one queued entry of ``message`` counts against :class:`QueueBudget`.
+
+    Payload + topic length + the variable-length properties (User Properties
+    can make up most of a 1 MiB PUBLISH). Measured once per message and kept
+    in ``Message.size``: a message fanned out to many queues is not measured
+    again for each (the properties part is linear in the User Properties).
+    A message queued by N sessions counts N times: the budget bounds the
+    worst case, where every queue holds different messages.
+    """
+    size = message.size
+    if size < 0:
+        size = len(message.payload) + len(message.topic)
+        if message.properties is not NO_PROPERTIES:
+            size += _properties_size(message.properties)
+        message.size = size
+    return size
+
+
+class QueueBudget:
+    """Bytes (:func:`queued_size`) queued across all sessions, and their limit.
+
+    One instance per broker, shared by every :class:`Session`; ``used`` is the
+    gauge the metrics read. Plain ints: one add per enqueue and per dequeue.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 def remaining_expiry(expires_at: float, now: float) -> int:
@@ -303,11 +362,20 @@ class Overflow(Exception):
     """The session's queue is full (the caller disconnects with 0x97 or drops)."""
 
 
+class BudgetExceeded(Overflow):
+    """The message would take the shared :class:`QueueBudget` past its limit.
+
+    Handled like :class:`Overflow` (0x97 or drop) but counted apart: the
+    session is not at fault, all queues together are.
+    """
+
+
 class Session:
     """State that outlives a connection (see the module docstring)."""
 
     __slots__ = (
         "awaiting_release",
+        "budget",
         "client_id",
         "counter",
         "expiry",
@@ -322,12 +390,23 @@ class Session:
         "window",
     )
 
-    def __init__(self, client_id: str, uid: str, *, max_queued: int, expiry: int = 0) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        uid: str,
+        *,
+        max_queued: int,
+        expiry: int = 0,
+        budget: QueueBudget | None = None,
+    ) -> None:
         self.client_id = client_id
         #: Random per session, kept across reconnects: the de-duplication id stem.
         self.uid = uid
         self.expiry = expiry
         self.max_queued = max_queued
+        #: The broker-wide byte budget of queued messages; None: not counted
+        #: (no budget, or the session has ended: see :meth:`end`).
+        self.budget = budget
         #: Outbound QoS 1/2 in flight: packet id -> (state, PUBLISH as first
         #: sent, the message's expiry deadline or None).
         self.inflight: dict[int, tuple[OutState, Publish, float | None]] = {}
@@ -432,12 +511,49 @@ class Session:
             self._unhold(packet_id)
 
     def enqueue(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
-        """Queue a QoS 1/2 delivery; raises :class:`Overflow` when full."""
+        """Queue a QoS 1/2 delivery.
+
+        Raises :class:`Overflow` when this queue holds ``max_queued`` entries,
+        :class:`BudgetExceeded` when the entry would take the shared budget
+        past its limit; nothing is queued or counted then.
+        """
         if len(self.queue) >= self.max_queued:
             raise Overflow(self.client_id)
+        budget = self.budget
+        if budget is not None:
+            size = message.size
+            if size < 0:
+                size = queued_size(message)
+            if budget.used + size > budget.limit:
+                raise BudgetExceeded(self.client_id)
+            budget.used += size
         if not self.queue:
             self.queue = collections.deque()
         self.queue.append((message, qos, retain, sub_ids))
+
+    def dequeue(self) -> tuple[Message, int, bool, tuple[int, ...]]:
+        """Take the oldest queued delivery (the queue must not be empty);
+        its bytes go back to the budget whatever becomes of it (sent,
+        expired, too large for the peer)."""
+        entry = self.queue.popleft()
+        budget = self.budget
+        if budget is not None:
+            budget.used -= entry[0].size  # measured by enqueue
+        return entry
+
+    def _release_queue(self) -> None:
+        budget = self.budget
+        if budget is not None and self.queue:
+            budget.used -= sum(entry[0].size for entry in self.queue)
+        self.queue = ()
+
+    def end(self) -> None:
+        """The session is discarded (Clean Start, expiry, closed with expiry
+        0): its queue goes and its bytes return to the budget. Idempotent;
+        anything still queued on it afterwards (a late delivery to a handle
+        being torn down) is not counted, as nothing would give it back."""
+        self._release_queue()
+        self.budget = None
 
     def on_puback(self, packet_id: int) -> bool:
         """PUBACK from the client; False if the id was not a QoS 1 in flight."""
@@ -523,7 +639,7 @@ class Session:
         """Clean Start on an existing session: nothing of it survives."""
         self.inflight.clear()
         self.held = ()
-        self.queue = ()
+        self._release_queue()
         self.awaiting_release = _NO_IDS
         self.inbound_ids.clear()
         self.subscriptions.clear()

@@ -7,15 +7,18 @@ import pytest
 from mqttgate.protocol.packets import NO_PROPERTIES, Connect, Properties, Publish, Pubrel
 from mqttgate.protocol.reasons import ProtocolVersion, ReasonCode
 from mqttgate.protocol.session import (
+    BudgetExceeded,
     Limits,
     Message,
     OutState,
     Overflow,
+    QueueBudget,
     Session,
     connack_for,
     message_from_publish,
     negotiate,
     outgoing_properties,
+    queued_size,
 )
 
 V311, V5 = ProtocolVersion.V311, ProtocolVersion.V5
@@ -229,3 +232,72 @@ def test_user_properties_pass_through_in_order() -> None:
     message = message_from_publish(publish, "t", "me", now=0.0)
     props = outgoing_properties(message, (), now=0.0)
     assert props is not None and props.user_properties == user and props.content_type == "c"
+
+
+# ---------------------------------------------------------------- the shared queue budget
+
+
+def test_queued_size_counts_payload_topic_and_variable_properties_once() -> None:
+    assert queued_size(Message("a/b", b"12345", 1, False, NO_PROPERTIES, None, None)) == 8
+    props = Properties(
+        user_properties=(("k", "vv"), ("kk", "v")), content_type="ct", response_topic="r/t",
+        correlation_data=b"1234", message_expiry_interval=60,
+    )
+    message = Message("t", b"xy", 1, False, props, None, None)
+    assert queued_size(message) == 1 + 2 + 6 + 2 + 3 + 4
+    # Measured once: a message fanned out to many queues is not measured again.
+    message.payload = b""
+    assert queued_size(message) == 18
+
+
+def test_budget_counts_enqueue_and_gives_back_on_dequeue() -> None:
+    budget = QueueBudget(30)
+    one = Session("one", "u1", max_queued=10, budget=budget)
+    two = Session("two", "u2", max_queued=10, budget=budget)
+    message = Message("t", b"x" * 9, 1, False, NO_PROPERTIES, None, None)  # 10 bytes
+    one.enqueue(message, 1, False, ())
+    two.enqueue(message, 1, False, ())  # the same message counts once per queue
+    one.enqueue(message, 1, False, ())
+    assert budget.used == 30
+    with pytest.raises(BudgetExceeded):
+        two.enqueue(message, 1, False, ())
+    assert budget.used == 30 and len(two.queue) == 1  # refused: nothing queued, nothing counted
+    # A full session queue is the plain Overflow, not the budget's.
+    small = Session("small", "u3", max_queued=1, budget=QueueBudget(1000))
+    small.enqueue(message, 1, False, ())
+    with pytest.raises(Overflow) as raised:
+        small.enqueue(message, 1, False, ())
+    assert type(raised.value) is Overflow
+    assert one.dequeue() == (message, 1, False, ())
+    assert budget.used == 20
+    two.enqueue(message, 1, False, ())
+    assert budget.used == 30
+
+
+def test_budget_given_back_when_the_session_ends_or_is_reset() -> None:
+    budget = QueueBudget(1000)
+    ended = Session("e", "u1", max_queued=10, budget=budget)
+    reset = Session("r", "u2", max_queued=10, budget=budget)
+    for _ in range(3):
+        ended.enqueue(_message(), 1, False, ())
+        reset.enqueue(_message(), 1, False, ())
+    assert budget.used == 12  # "t" + b"p"
+    ended.end()
+    assert budget.used == 6 and not ended.queue
+    ended.end()  # idempotent
+    assert budget.used == 6
+    # A delivery reaching a session already ended is not counted: nothing
+    # would give it back.
+    ended.enqueue(_message(), 1, False, ())
+    ended.dequeue()
+    assert budget.used == 6
+    reset.reset_connection_state()  # Clean Start on a live session
+    assert budget.used == 0 and not reset.queue
+    reset.enqueue(_message(), 1, False, ())
+    assert budget.used == 2  # still counted after a reset
+
+
+def test_session_without_budget_counts_nothing() -> None:
+    session = Session("c", "uid", max_queued=2)
+    session.enqueue(_message(), 1, False, ())
+    assert session.dequeue()[0].topic == "t"
