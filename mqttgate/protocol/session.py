@@ -252,8 +252,14 @@ def message_from_publish(publish: Publish, topic: str, sender: str | None, now: 
         if props.topic_alias is not None:
             # v5 section 3.3.2.3.4: the alias is per connection, never forwarded.
             props = attrs.evolve(props, topic_alias=None)
-        if props.message_expiry_interval is not None:
-            expires_at = now + props.message_expiry_interval
+        interval = props.message_expiry_interval
+        if interval:
+            expires_at = now + interval
+        elif interval == 0:
+            # A lifetime of 0 seconds: taken as no expiry and not passed on,
+            # as Mosquitto does; read literally it would reach no subscriber
+            # at all (docs/broker.md "Message expiry").
+            props = attrs.evolve(props, message_expiry_interval=None)
     return Message(topic, publish.payload, publish.qos, publish.retain, props, sender, expires_at)
 
 

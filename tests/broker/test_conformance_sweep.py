@@ -1217,3 +1217,23 @@ async def test_retained_message_expiry(
         await late.send(subscribe(1, "rx/#", 0, v5=True))
         await late.packet()
         await nothing_pending(late)
+
+
+async def test_message_expiry_interval_0_means_no_expiry(nursery: trio.Nursery) -> None:
+    """v5 section 3.3.2.3.3 does not single out 0; mqttgate reads it as no
+    expiry, like Mosquitto (docs/broker.md): a connected subscriber and a
+    later one (retained) get the message, without the property."""
+    broker = make_broker()
+    expiry_0 = props(b"\x02" + (0).to_bytes(4, "big"))  # Message Expiry Interval 0
+    with trio.fail_after(5):
+        early, _ = await connected(nursery, broker, "e0-early")
+        await early.send(subscribe(1, "e0/t", 0, v5=True))
+        await early.packet()
+        publisher, _ = await connected(nursery, broker, "e0-pub")
+        await publisher.send(pub("e0/t", b"zero", v5=True, retain=True, props_=expiry_0))
+        await ping(publisher)
+        assert await early.packet() == pub("e0/t", b"zero", v5=True)
+        late, _ = await connected(nursery, broker, "e0-late")
+        await late.send(subscribe(1, "e0/t", 0, v5=True))
+        await late.packet()
+        assert await late.packet() == pub("e0/t", b"zero", v5=True, retain=True)
