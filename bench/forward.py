@@ -13,7 +13,7 @@ payloads, QoS 1 with 32 in flight each, one MQTT subscriber on ``dev/#``).
 The JetStream side is counted from the stream (messages stored during the run,
 read once the count has settled).
 
-    .venv/bin/python bench/forward.py [--duration 5] [--storage file|memory] [--tools DIR]
+    .venv/bin/python bench/forward.py [--duration 5] [--runs 3] [--storage file|memory] [--tools DIR]
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--storage", choices=("file", "memory"), default="file")
     parser.add_argument("--scenario", default="fanin-qos1,fanin-qos0")
+    parser.add_argument("--runs", type=int, default=1, help="repeat each scenario pair; prints the median ratio")
     args = parser.parse_args()
     tool = pathlib.Path(args.tools) / "mqttbench"
     if not tool.exists():
@@ -150,7 +151,9 @@ def main() -> int:
             f"{'stored':>9} {'stored/s':>9} {'stored/sent':>11} {'recv/s':>9} {'cpu%':>6}"
         )
         print(header)
-        for scenario in args.scenario.split(","):
+        ratios: dict[str, list[float]] = {}
+        for scenario in [name for _ in range(args.runs) for name in args.scenario.split(",")]:
+            figures: dict[str, float] = {}
             for name, port, pid, stream in targets:
                 before = asyncio.run(stream_count(url, stream))
                 row = run_load(tool, scenario, port, pid, args.duration)
@@ -171,6 +174,16 @@ def main() -> int:
                 (work / "results.jsonl").open("a").write(
                     json.dumps({**row, "system": name, "stored": stored}) + "\n"
                 )
+                # QoS 1: acknowledged (= stored) per second; QoS 0: stored per second.
+                figures[name] = acked if acked is not None else stored / elapsed
+            if figures.get("nats-mqtt"):
+                ratios.setdefault(scenario, []).append(figures["mqttgate"] / figures["nats-mqtt"])
+        for scenario, values in ratios.items():
+            ordered = sorted(values)
+            print(
+                f"{scenario}: mqttgate / nats-mqtt = {ordered[len(ordered) // 2]:.2f} median "
+                f"({ordered[0]:.2f}-{ordered[-1]:.2f} over {len(ordered)} runs; acked/s for QoS 1, stored/s for QoS 0)"
+            )
     finally:
         for proc in reversed(procs):
             proc.terminate()
