@@ -290,6 +290,11 @@ class JetStreamForwarder:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._outstanding.pop(entry.key, None)
             return _ClosedTicket()
+        except trio.Cancelled:
+            # The caller went away while waiting for room: never queued, so
+            # neither kept until its deadline nor counted as failed then.
+            self._outstanding.pop(entry.key, None)
+            raise
         return entry
 
     def try_submit(self, message: ForwardMessage) -> Ticket | None:

@@ -154,7 +154,9 @@ class FastClient(Client):
         # The acks AckParser left to nats-py's parser (an HMSG, or a frame
         # split across two reads).
         if sid == self._ack_sid and self.on_acks is not None:
-            if headers and self.on_ack_status is not None:
+            # A status ("NATS/1.0 503": no responders) has no body; headers
+            # without a status code ("NATS/1.0" alone) leave the body to decide.
+            if headers and headers.startswith(b"NATS/1.0 ") and self.on_ack_status is not None:
                 self.on_ack_status(subject, headers)
             else:
                 self.on_acks([(subject, data)])

@@ -713,6 +713,9 @@ class Connection(InboundPublishes):
             for task_scope in (self.writer_scope, self.acker_scope):
                 if task_scope is not None:
                     task_scope.cancel()
+            if self.acks:
+                # Before the session can be resumed (connection_closed below).
+                self._unconfirm_pending()
             self.nursery = None
             if self.sock is None:
                 self.closed = True

@@ -113,8 +113,15 @@ class InboundPublishes:
             if qos == 2 and pid in session.awaiting_release:
                 # A retransmission of a QoS 2 message already routed: acknowledge
                 # again, do not route again (v5 [MQTT-4.3.3-10] method B).
-                if not any(entry[0] == pid for entry in self.acks):
-                    self.write(encode(Pubrec(pid), self.version))
+                if any(entry[0] == pid for entry in self.acks):
+                    return None  # its PUBREC waits for its forward ticket
+                if broker.forwarding and session.reforward(pid):
+                    # Its PUBREC never went out: the forward was not confirmed
+                    # when the last connection ended (Session.unconfirm). Forward
+                    # it again (same Nats-Msg-Id: stored once) and PUBREC after.
+                    message = message_from_publish(publish, topic, self.client_id, trio.current_time())
+                    return self._forward(message, pid, qos)
+                self.write(encode(Pubrec(pid), self.version))
                 return None
             if (
                 self.version == _V5
@@ -254,6 +261,16 @@ class InboundPublishes:
             self.acks_done = trio.Event()
             self.nursery.start_soon(self._acker)
 
+    def _unconfirm_pending(self) -> None:
+        """The connection ends with acknowledgements not sent: mark the QoS 2
+        ones, so that their retransmission is forwarded again instead of
+        being acknowledged as stored (Session.unconfirm)."""
+        handle = self.handle
+        if handle is not None:
+            for pid, qos, _ticket in self.acks:
+                if qos == 2:
+                    handle.session.unconfirm(pid)
+
     def _forward_message(self, message: Message, msg_id: str | None) -> ForwardMessage:
         identity = self.identity
         return ForwardMessage(
@@ -347,6 +364,7 @@ class InboundPublishes:
                 log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))
                 if self.version != _V5:
                     # 3.1.1 has no negative ack: disconnect so it retransmits.
+                    self._unconfirm_pending()
                     self.acks = ()
                     self.kick(_R.UNSPECIFIED_ERROR)
                     return

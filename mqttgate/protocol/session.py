@@ -40,7 +40,9 @@ its first send (v5 [MQTT-3.3.2-6]); see :func:`remaining_expiry`.
 Inbound QoS 2 flow (client -> server): PUBLISH -> (routed once) -> PUBREC ->
 PUBREL -> PUBCOMP; the packet id stays in ``awaiting_release`` until PUBREL, so
 a retransmitted PUBLISH is acknowledged again but not routed twice
-(v5 [MQTT-4.3.3-10], v311 [MQTT-4.3.3-2] method B).
+(v5 [MQTT-4.3.3-10], v311 [MQTT-4.3.3-2] method B). One whose PUBREC never
+went out (its forward unconfirmed when the connection ended) is forwarded
+again first (:meth:`Session.unconfirm`).
 """
 
 from __future__ import annotations
@@ -393,6 +395,7 @@ class Session:
         "queue",
         "subscriptions",
         "uid",
+        "unconfirmed",
         "window",
     )
 
@@ -423,6 +426,10 @@ class Session:
         #: An empty frozenset until the first QoS 2 PUBLISH (an empty set is
         #: 216 bytes, and most sessions never see QoS 2): add with :meth:`await_release`.
         self.awaiting_release: set[int] | frozenset[int] = _NO_IDS
+        #: The ids of ``awaiting_release`` whose PUBREC never went out: the
+        #: connection ended while their forward was pending or after it
+        #: failed (:meth:`unconfirm`). Empty but for that rare case.
+        self.unconfirmed: set[int] | frozenset[int] = _NO_IDS
         #: Inbound packet id -> de-dup id while its flow is not complete.
         self.inbound_ids: dict[int, str] = {}
         self.counter = 0
@@ -461,6 +468,27 @@ class Session:
         """PUBREL arrived (or the flow failed) for an inbound QoS 2 packet id."""
         if packet_id in self.awaiting_release:
             self.awaiting_release.discard(packet_id)  # type: ignore[union-attr]
+        if packet_id in self.unconfirmed:
+            self.unconfirmed.discard(packet_id)  # type: ignore[union-attr]
+
+    def unconfirm(self, packet_id: int) -> None:
+        """An inbound QoS 2 message was routed but its PUBREC never went out
+        (its forward was pending, or failed, when the connection ended): the
+        client will retransmit it, and that retransmission must be forwarded
+        again (same de-dup id) rather than acknowledged as stored. It is
+        still not routed again (v5 [MQTT-4.3.3-10] method B)."""
+        if packet_id in self.awaiting_release:
+            if not self.unconfirmed:
+                self.unconfirmed = set()
+            self.unconfirmed.add(packet_id)  # type: ignore[union-attr]
+
+    def reforward(self, packet_id: int) -> bool:
+        """Whether a retransmitted QoS 2 PUBLISH must be forwarded again
+        (:meth:`unconfirm`); it is then no longer marked."""
+        if packet_id in self.unconfirmed:
+            self.unconfirmed.discard(packet_id)  # type: ignore[union-attr]
+            return True
+        return False
 
     def inbound_done(self, packet_id: int) -> None:
         """The inbound flow of ``packet_id`` completed (PUBACK or PUBCOMP sent)."""
@@ -647,6 +675,7 @@ class Session:
         self.held = ()
         self._release_queue()
         self.awaiting_release = _NO_IDS
+        self.unconfirmed = _NO_IDS
         self.inbound_ids.clear()
         self.subscriptions.clear()
 

@@ -252,6 +252,77 @@ async def test_forward_failure_v5_0x80_v311_disconnect(nursery: trio.Nursery) ->
         assert v3.buf == b""
 
 
+def dup(packet: bytes) -> bytes:
+    """The same PUBLISH with DUP set (a retransmission)."""
+    return bytes([packet[0] | 0x08]) + packet[1:]
+
+
+async def test_qos2_retransmitted_after_a_failed_forward_is_forwarded_again_v311(nursery: trio.Nursery) -> None:
+    """3.1.1 has no negative PUBREC: the broker disconnects so the client
+    retransmits. That retransmission must be forwarded again (same
+    Nats-Msg-Id) and PUBREC'd only once stored, not acknowledged as already
+    received; local subscribers still get the message once (method B)."""
+    forwarder = SlowForwarder()
+    forwarder.fail = True
+    forwarder.release.set()
+    broker = Broker(make_config(), AnonymousAuth(), forwarder)
+    with trio.fail_after(5):
+        sub = await open_client(nursery, broker)
+        await sub.send(connect("q2sub", version=4))
+        await sub.packet()
+        await sub.send(subscribe(1, "a", 2))
+        await sub.packet()
+        pub = await open_client(nursery, broker)
+        await pub.send(connect("q2", version=4, clean=False))
+        await pub.packet()
+        await pub.send(publish("a", b"1", qos=2, packet_id=1))
+        assert await pub.eof()  # the forward failed: disconnected, no PUBREC
+        assert pub.buf == b""
+        forwarder.fail = False
+        forwarder.release = trio.Event()
+        again = await open_client(nursery, broker)
+        await again.send(connect("q2", version=4, clean=False))
+        assert await again.packet() == bytes([0x20, 0x02, 0x01, 0x00])  # session present
+        await again.send(dup(publish("a", b"1", qos=2, packet_id=1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [m.msg_id for m in forwarder.messages] == [forwarder.messages[0].msg_id] * 2
+        assert again.buf == b""  # no PUBREC before the message is stored
+        forwarder.release.set()
+        assert await again.packet() == bytes([0x50, 0x02, 0x00, 0x01])  # PUBREC
+        await again.send(bytes([0x62, 0x02, 0x00, 0x01]))  # PUBREL
+        assert await again.packet() == bytes([0x70, 0x02, 0x00, 0x01])  # PUBCOMP
+        delivered = await sub.packet()
+        assert delivered is not None and delivered[0] & 0xF6 == 0x34 and delivered.endswith(b"1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sub.buf == b""  # routed once
+
+
+async def test_qos2_retransmitted_while_its_forward_is_pending_waits_for_it_v5(nursery: trio.Nursery) -> None:
+    """The connection ends while a QoS 2 forward is pending (no PUBREC sent);
+    the retransmission on the resumed session is PUBREC'd only once stored."""
+    forwarder = SlowForwarder()
+    broker = Broker(make_config(), AnonymousAuth(), forwarder)
+    expiry = bytes([0x05, 0x11, 0x00, 0x00, 0x01, 0x00])  # Session Expiry 256 s
+    with trio.fail_after(5):
+        pub = await open_client(nursery, broker)
+        await pub.send(connect("q2v5", version=5, clean=False, props=expiry))
+        await pub.packet()
+        await pub.send(publish("a", b"1", qos=2, packet_id=7, v5=True))
+        await trio.testing.wait_all_tasks_blocked()
+        await pub.aclose()  # gone before the JetStream ack
+        await trio.testing.wait_all_tasks_blocked()
+        again = await open_client(nursery, broker)
+        await again.send(connect("q2v5", version=5, clean=False, props=expiry))
+        connack = await again.packet()
+        assert connack is not None and connack[2] == 0x01  # session present
+        await again.send(dup(publish("a", b"1", qos=2, packet_id=7, v5=True)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert again.buf == b""  # no PUBREC before the message is stored
+        assert [m.msg_id for m in forwarder.messages] == [forwarder.messages[0].msg_id] * 2
+        forwarder.release.set()
+        assert await again.packet() == bytes([0x50, 0x02, 0x00, 0x07])
+
+
 class DenyAuth:
     async def authenticate(self, username: str | None, password: bytes | None, *, client_id: str, peer: str) -> Identity:
         return Identity(device_id="dev1", mqtt_user="u1")

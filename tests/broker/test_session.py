@@ -163,6 +163,21 @@ def test_inbound_msg_ids_stable_until_done_then_new() -> None:
     assert second != first and second.startswith("uid:5:")
 
 
+def test_unconfirmed_qos2_is_forwarded_again_once_and_forgotten_on_release() -> None:
+    session = Session("c", "uid", max_queued=10)
+    session.unconfirm(3)  # not awaiting release: nothing to mark
+    assert not session.reforward(3)
+    session.await_release(3)
+    session.await_release(4)
+    msg_id = session.inbound_msg_id(3)
+    session.unconfirm(3)
+    session.unconfirm(4)
+    assert session.reforward(3) and not session.reforward(3)  # once
+    assert session.inbound_msg_id(3) == msg_id  # forwarded again under the same de-dup id
+    session.released(4)  # PUBREL (or an error PUBREC) ends the flow: no mark left
+    assert not session.reforward(4)
+
+
 def test_message_expiry_counts_down_and_alias_is_dropped() -> None:
     publish = Publish("t", b"x", 1, False, False, 1, Properties(message_expiry_interval=10, topic_alias=3))
     message = message_from_publish(publish, "t", "me", now=100.0)

@@ -139,3 +139,25 @@ def test_ack_sid_bytes_follow_the_sid(sid: int) -> None:
     client.ack_sid = sid
     assert client.ack_sid_bytes == str(sid).encode()
     assert isinstance(client._ps, nats_conn.AckParser)
+
+
+def test_only_a_status_header_makes_an_ack_a_status() -> None:
+    """An ack on the inbox with headers but no status code (``NATS/1.0``
+    alone) still carries its JSON body, which decides: it must reach
+    ``on_acks`` (as before the fast path), not be taken as "not stored" and
+    retried until its deadline fails it. ``NATS/1.0 503`` is a status."""
+    client = nats_conn.FastClient()
+    client.ack_sid = 7
+    acks: list[tuple[bytes, bytes]] = []
+    statuses: list[tuple[bytes, bytes]] = []
+    client.on_acks = acks.extend
+    client.on_ack_status = lambda subject, headers: statuses.append((subject, headers))
+    body = b'{"stream":"MQTT", "seq":1}'
+
+    async def run() -> None:
+        await client._process_msg(7, INBOX + b".1", b"", body, b"NATS/1.0\r\nX-Trace: 1\r\n\r\n")
+        await client._process_msg(7, INBOX + b".2", b"", b"", b"NATS/1.0 503\r\n\r\n")
+
+    asyncio.run(run())
+    assert acks == [(INBOX + b".1", body)]
+    assert statuses == [(INBOX + b".2", b"NATS/1.0 503\r\n\r\n")]
