@@ -634,6 +634,27 @@ class Connection(InboundPublishes):
         if broker.dirty:
             broker.flush()
 
+    def _hold_keepalive(self) -> None:
+        """Our own backpressure (a full forward or ack queue, congested
+        subscribers) stops reading this client: its keep alive must not run
+        out meanwhile, since what it sent is waiting in our socket buffer
+        (v5 [MQTT-3.1.2-22] is about packets the client did not send). The
+        clock restarts when reading resumes (:meth:`_resume_keepalive`)."""
+        if self.sock is not None:
+            self.deadline = _INF
+        elif self.scope is not None:
+            self.scope.deadline = _INF
+
+    def _resume_keepalive(self) -> None:
+        if not self.keepalive:
+            return
+        timeout = self.keepalive * 1.5
+        deadline = _current_time() + timeout
+        if self.sock is not None:
+            self.deadline = deadline
+        elif self.scope is not None:
+            self.scope.deadline = deadline + min(1.0, timeout / 16)  # the read loop's slack
+
     async def _wait_for_subscribers(self) -> None:
         """Overload control: hold this PUBLISH while the sessions fed are congested.
 
@@ -659,8 +680,10 @@ class Connection(InboundPublishes):
             self.waits_for = pending
             if overload.event is None:
                 overload.event = trio.Event()
+            self._hold_keepalive()
             with trio.move_on_at(deadline):
                 await overload.event.wait()
+            self._resume_keepalive()
         self.waits_for = None
         self.broker.batching = True
 

@@ -59,7 +59,7 @@ class InboundPublishes:
     """Mixin of :class:`~mqttgate.broker.connection.Connection`: its inbound
     PUBLISH handling and the state that belongs to it."""
 
-    __slots__ = ("acker_scope", "acking", "acks", "acks_done", "aliases", "waits_for")
+    __slots__ = ("acker_scope", "acking", "acks", "acks_done", "aliases", "qos0_stuck", "waits_for")
 
     if TYPE_CHECKING:  # provided by Connection
         broker: Broker
@@ -74,6 +74,8 @@ class InboundPublishes:
         def write(self, data: bytes) -> None: ...
         def kick(self, reason: ReasonCode | None) -> None: ...
         def _unbatch(self) -> None: ...
+        def _hold_keepalive(self) -> None: ...
+        def _resume_keepalive(self) -> None: ...
 
     def _init_inbound(self) -> None:
         #: v5 inbound Topic Aliases (alias -> topic), created on first use.
@@ -87,6 +89,9 @@ class InboundPublishes:
         self.acking = False
         self.acks_done: trio.Event | None = None
         self.acker_scope: trio.CancelScope | None = None
+        #: A QoS 0 message waited QOS0_PATIENCE_S in vain: drop the next ones
+        #: at once while the forward queue stays full.
+        self.qos0_stuck = False
 
     def _on_publish(self, publish: Publish) -> Awaitable[None] | None:
         """Handle a PUBLISH; returns what to await only on the slow paths
@@ -164,7 +169,14 @@ class InboundPublishes:
             if broker.forwarding:
                 forwarded = self._forward_message(message, None)
                 if broker.forwarder.try_submit(forwarded) is None:
-                    return self._forward_qos0_later(forwarded)
+                    if not self.qos0_stuck:
+                        return self._forward_qos0_later(forwarded)
+                    # The last wait found the pump stuck: drop at once until
+                    # the queue takes messages again.
+                    if not broker.forwarder.submit_nowait(forwarded):
+                        stats.forward_dropped += 1
+                elif self.qos0_stuck:
+                    self.qos0_stuck = False
             return None
         assert pid is not None
         if qos == 2:
@@ -217,6 +229,10 @@ class InboundPublishes:
             broker.batching = True
             return
         broker.batching = True
+        # Stuck, not just behind: the next QoS 0 messages are dropped without
+        # waiting until the queue takes one again (one wait per episode, not
+        # one per message).
+        self.qos0_stuck = True
         if not broker.forwarder.submit_nowait(forwarded):  # counts its own drop
             broker.stats.forward_dropped += 1
 
@@ -225,7 +241,9 @@ class InboundPublishes:
         # stops reading the device; send what the batch produced first.
         broker = self.broker
         self._unbatch()
+        self._hold_keepalive()
         ticket = await broker.forwarder.submit(forwarded)
+        self._resume_keepalive()
         broker.batching = True
         if ticket is DONE and not self.acks:
             self._ack(pid, qos, _R.SUCCESS)
@@ -248,7 +266,9 @@ class InboundPublishes:
         while len(self.acks) >= limits.receive_maximum and self.acking and self.acks_done is not None:
             # 3.1.1 has no Receive Maximum: stop reading instead.
             self._unbatch()
+            self._hold_keepalive()
             await self.acks_done.wait()
+            self._resume_keepalive()
             broker.batching = True
         self._append_ack(pid, qos, ticket)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from mqttgate.auth import AllowAll, AnonymousAuth, Identity
 from mqttgate.broker import Broker
-from mqttgate.forward import ForwardFailed, ForwardMessage, NullForwarder
+from mqttgate.forward import DONE, ForwardFailed, ForwardMessage, NullForwarder
 from tests.broker.raw import RawClient, connect, frame, publish, s, subscribe
 from tests.broker.test_wire import open_client
 from tests.conftest import make_config, port_of
@@ -466,3 +467,78 @@ async def test_retransmitted_publish_carries_the_expiry_left(
         await last.send(bytes([0x40, 0x02, 0x00, 0x01]))  # PUBACK 1 releases the held "b"
         assert await last.packet() == delivery(2, b"b", 1, dup=True)
         assert broker.stats.messages_expired == 0
+
+
+class FullQueueForwarder:
+    """A forward queue that is full until ``room`` is set."""
+
+    def __init__(self) -> None:
+        self.room = trio.Event()
+        self.waits = 0  # submit() calls that had to wait
+        self.queued: list[bytes] = []
+
+    async def submit(self, message: ForwardMessage) -> Any:
+        self.waits += 1
+        await self.room.wait()
+        self.queued.append(message.payload)
+        return DONE
+
+    def try_submit(self, message: ForwardMessage) -> Any:
+        if not self.room.is_set():
+            return None
+        self.queued.append(message.payload)
+        return DONE
+
+    def submit_nowait(self, message: ForwardMessage) -> bool:
+        return self.try_submit(message) is not None
+
+
+@pytest.mark.parametrize("transport", ["tcp", "stream"])
+async def test_our_backpressure_does_not_run_out_the_clients_keep_alive(
+    nursery: trio.Nursery, transport: str
+) -> None:
+    """While a full forward queue stops us reading a client, its keep alive
+    (1 s here, so 1.5 s) is not counted: what it sent is in our socket
+    buffer. Reading resumes, the PUBACK goes out, the connection lives on."""
+    forwarder = FullQueueForwarder()
+    broker = Broker(make_config(), AnonymousAuth(), forwarder)
+    with trio.fail_after(10):
+        if transport == "tcp":
+            client = await RawClient.open(await start(nursery, broker))
+        else:
+            client = await open_client(nursery, broker)
+        await client.send(connect("held", version=5, keepalive=1))
+        connack = await client.packet() or b""
+        assert connack[0] == 0x20 and connack[3] == 0x00  # accepted
+        await client.send(publish("a", b"1", qos=1, packet_id=1, v5=True))
+        await trio.sleep(2.5)  # well past 1.5 x keep alive, all of it our wait
+        assert forwarder.waits == 1 and client.buf == b""
+        forwarder.room.set()
+        assert await client.packet() == bytes([0x40, 0x02, 0x00, 0x01])
+        await client.send(b"\xc0\x00")
+        assert await client.packet() == b"\xd0\x00"
+    assert broker.stats.keepalive_timeouts == 0
+
+
+async def test_a_stuck_forward_queue_costs_qos0_one_wait_per_episode(nursery: trio.Nursery) -> None:
+    """A QoS 0 message waits for room at most QOS0_PATIENCE_S; after a wait in
+    vain the next ones are dropped at once (counted) until the queue takes a
+    message again, then the next full queue is waited for again."""
+    forwarder = FullQueueForwarder()
+    broker = Broker(make_config(), AnonymousAuth(), forwarder)
+    with trio.fail_after(10):
+        client = await open_client(nursery, broker)
+        await client.send(connect("q0", version=5))
+        await client.packet()
+        await client.send(b"".join(publish("a", b"%d" % n, v5=True) for n in range(20)) + b"\xc0\x00")
+        assert await client.packet() == b"\xd0\x00"
+        assert forwarder.waits == 1
+        assert broker.stats.forward_dropped == 20
+        forwarder.room.set()
+        await client.send(publish("a", b"ok", v5=True) + b"\xc0\x00")
+        assert await client.packet() == b"\xd0\x00"
+        assert forwarder.queued == [b"ok"]
+        forwarder.room = trio.Event()  # full again: a new episode, one wait
+        await client.send(publish("a", b"x", v5=True) + b"\xc0\x00")
+        assert await client.packet() == b"\xd0\x00"
+        assert forwarder.waits == 2 and broker.stats.forward_dropped == 21
