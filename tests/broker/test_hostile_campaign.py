@@ -10,16 +10,12 @@ without loss and nothing is logged at error level. Bytes are written by hand
 
 from __future__ import annotations
 
-import logging
 import random
 import secrets
 import socket
 import struct
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import structlog
 import trio
 
 from mqttgate.auth import AnonymousAuth
@@ -274,18 +270,6 @@ async def assert_well_behaved_clients_unaffected(port: int) -> None:
     for version in (V311, V5):
         payloads = await trio.to_thread.run_sync(qos1_round_trip, port, version)
         assert sorted(payloads, key=int) == [str(i).encode() for i in range(20)]
-
-
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    """Every log record (debug and info too) while the test runs."""
-    wrapper = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as entries:
-            yield entries
-    finally:
-        structlog.configure(wrapper_class=wrapper)
 
 
 def assert_no_error_logged(logged: list[dict[str, Any]]) -> None:

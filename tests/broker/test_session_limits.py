@@ -3,12 +3,9 @@ and max_sessions (docs/broker.md, "Session memory"). Raw clients over TCP."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-import pytest
-import structlog
 import trio
 
 from mqttgate.api.ops import MqttgateCollector
@@ -78,18 +75,6 @@ async def resume(port: int, client_id: str) -> tuple[RawClient, bytes | None]:
 async def publish_acked(pub: RawClient, i: int) -> None:
     await pub.send(publish("q/t", payload(i), qos=1, packet_id=i))
     assert await pub.packet() == puback(i)
-
-
-@pytest.fixture
-def logged() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every log record (info too) while the test runs."""
-    wrapper = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as entries:
-            yield entries
-    finally:
-        structlog.configure(wrapper_class=wrapper)
 
 
 def metric_values(broker: Broker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

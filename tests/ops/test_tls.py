@@ -6,7 +6,6 @@ Certificates are made at test time with trustme; each test gets its own CA.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,8 +20,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import structlog
-import structlog.testing
 import trio
 import trio.testing
 import trustme
@@ -305,18 +302,6 @@ async def test_sighup_reload_in_process_keeps_connections_and_serves_the_new_cer
 
 #: tls_reload_interval of these tests, seconds.
 WATCH = 0.2
-
-
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    """Every log record (debug and info too) while the test runs."""
-    wrapper = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as entries:
-            yield entries
-    finally:
-        structlog.configure(wrapper_class=wrapper)
 
 
 def events(logged: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
