@@ -298,9 +298,9 @@ class JetStreamForwarder:
         return entry
 
     def try_submit(self, message: ForwardMessage) -> Ticket | None:
-        """Queue a QoS 1/2 message if there is room now; None when the queue
-        is full (the caller then flushes its output and awaits :meth:`submit`).
-        Never waits, so a connection need not flush before every message."""
+        """Queue a message if there is room now; None when the queue is full
+        (the caller then flushes its output and awaits :meth:`submit`). Never
+        waits, so a connection need not flush before every message."""
         try:
             entry = self._entry(message)
         except SubjectError as error:
@@ -311,6 +311,8 @@ class JetStreamForwarder:
         except trio.WouldBlock:
             return None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
+            if not entry.qos:  # shutting down: nobody waits for a QoS 0 ticket
+                self.stats.dropped_qos0_total += 1
             return _ClosedTicket()
         if entry.qos:
             self._outstanding[entry.key] = entry

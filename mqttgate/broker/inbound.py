@@ -144,9 +144,14 @@ class InboundPublishes:
             log.debug("publish_denied", conn_id=self.conn_id, client_id=self.client_id, topic=topic)
             if qos:
                 code = _R.NOT_AUTHORIZED if self.version == _V5 else _R.SUCCESS
-                packet = Puback(pid, code) if qos == 1 else Pubrec(pid, code)  # type: ignore[arg-type]
                 if qos == 2 and self.version != _V5:
                     session.await_release(pid)  # type: ignore[arg-type]
+                if self.acks:
+                    # Acknowledgements go out in the order of the PUBLISHes
+                    # (v5 [MQTT-4.6.0-2], [MQTT-4.6.0-3]): behind the ones
+                    # still waiting for JetStream.
+                    return self._queue_ack(pid, qos, _Answered(code))  # type: ignore[arg-type]
+                packet = Puback(pid, code) if qos == 1 else Pubrec(pid, code)  # type: ignore[arg-type]
                 self.write(encode(packet, self.version))
             return None
         message = message_from_publish(publish, topic, self.client_id, trio.current_time())
@@ -371,6 +376,8 @@ class InboundPublishes:
                 if finished is not True or ticket.failed:
                     await ticket.wait()
                 broker.batching = True
+                if finished is None:
+                    reason = getattr(ticket, "reason", _R.SUCCESS)  # _Answered
             except ForwardRefused:
                 # The topic can never become a NATS subject: retrying (the
                 # 3.1.1 disconnect below) would loop forever. v5: "Topic Name
@@ -391,6 +398,19 @@ class InboundPublishes:
                 reason = _R.UNSPECIFIED_ERROR
             acks.popleft()
             self._ack(pid, qos, reason)
+
+
+class _Answered:
+    """An acknowledgement decided without the forwarder (a PUBLISH the ACL
+    denied) that waits its turn behind earlier ones still being forwarded."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: ReasonCode) -> None:
+        self.reason = reason
+
+    async def wait(self) -> None:
+        return None
 
 
 def check_response_topic(topic: str) -> None:

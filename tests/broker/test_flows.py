@@ -542,3 +542,22 @@ async def test_a_stuck_forward_queue_costs_qos0_one_wait_per_episode(nursery: tr
         await client.send(publish("a", b"x", v5=True) + b"\xc0\x00")
         assert await client.packet() == b"\xd0\x00"
         assert forwarder.waits == 2 and broker.stats.forward_dropped == 21
+
+
+async def test_a_denied_publish_is_acknowledged_in_order_behind_pending_forwards(nursery: trio.Nursery) -> None:
+    """v5 [MQTT-4.6.0-2], [MQTT-4.6.0-3]: PUBACKs in the order of the
+    PUBLISHes, also when the second one is refused by the ACL (0x87) while the
+    first still waits for JetStream."""
+    forwarder = SlowForwarder()
+    broker = Broker(make_config(allow_anonymous=False), DenyAuth(), forwarder)
+    with trio.fail_after(5):
+        client = await open_client(nursery, broker)
+        await client.send(connect("order", version=5))
+        await client.packet()
+        await client.send(publish("ok", b"1", qos=1, packet_id=1, v5=True)
+                          + publish("deny/x", b"2", qos=1, packet_id=2, v5=True))  # fmt: skip
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.buf == b""  # the refusal waits behind the pending forward
+        forwarder.release.set()
+        assert await client.packet() == bytes([0x40, 0x02, 0x00, 0x01])
+        assert await client.packet() == bytes([0x40, 0x03, 0x00, 0x02, 0x87])
