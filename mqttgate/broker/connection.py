@@ -721,7 +721,7 @@ class Connection(InboundPublishes):
                 with trio.move_on_at(broker.acks_deadline):
                     while self.acking and self.acks_done is not None:
                         await self.acks_done.wait()
-            with trio.move_on_after(_CLOSE_WRITE_S):
+            with trio.move_on_at(min(_current_time() + _CLOSE_WRITE_S, broker.shutdown_deadline)):
                 reason = self.close_reason
                 if reason is not None and self.connected and self.version == _V5:
                     props = _reason_props(self.version, _CLOSE_DETAIL.get(reason, ""))
@@ -767,7 +767,7 @@ class Connection(InboundPublishes):
         except OSError:  # already gone
             return
         rbuf = self.broker.rbuf
-        with trio.move_on_after(_LINGER):
+        with trio.move_on_at(min(_current_time() + _LINGER, self.broker.shutdown_deadline)):
             while True:
                 try:
                     n = sock.recv_into(rbuf)

@@ -139,6 +139,9 @@ class Broker:
         self.shutting_down = False
         #: When draining connections stop waiting for forward acks (set at shutdown).
         self.acks_deadline = math.inf
+        #: The daemon's shutdown deadline: closing connections (shielded from
+        #: the cancellation) write their DISCONNECT and linger until then at most.
+        self.shutdown_deadline = math.inf
         #: Congested sessions publishers wait for (overload control, broker/delivery.py).
         self.overload = Overload(config.max_publisher_pause)
         #: Connections with unsent output, flushed at the end of the read
@@ -191,7 +194,8 @@ class Broker:
                 # Connections wait for their pending forwards until here, then
                 # send their DISCONNECT (0x8B) within the daemon's deadline.
                 timeout = self.config.shutdown_timeout
-                self.acks_deadline = trio.current_time() + timeout - min(1.0, timeout / 4)
+                self.shutdown_deadline = trio.current_time() + timeout
+                self.acks_deadline = self.shutdown_deadline - min(1.0, timeout / 4)
                 log.info("mqtt_draining", connections=len(self._conns))
                 for conn in list(self._conns.values()):
                     conn.kick(ReasonCode.SERVER_SHUTTING_DOWN)
