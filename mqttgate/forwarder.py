@@ -37,7 +37,9 @@ Theory of operation
   the queue is full or NATS is disconnected.
 * **Memory bound.** At most ``nats_queue_size`` messages in the channel plus
   ``nats_max_pending`` in flight plus the one the pump holds while it waits
-  for a slot, each at most ``max_packet_size`` bytes of payload plus headers
+  for a slot (plus up to one BATCH of QoS 0 while the pump waits for the
+  socket, and one per connection waiting in ``submit``), each at most
+  ``max_packet_size`` bytes of payload plus headers
   (docs/nats.md); plus nats-py's outgoing buffer
   (:data:`mqttgate.nats_conn.PENDING_BYTES`). Nothing else grows with load or
   with NATS being slow or down.
