@@ -117,7 +117,7 @@ class FastClient(Client):
 
     * :meth:`send_now` (from trio, no asyncio hop) and :meth:`send_commands`
       write pre-encoded ``HPUB`` commands (built once per message by
-      :func:`pub_command`, reused for retries) to the socket instead of
+      ``JetStreamForwarder._entry``, reused for retries) to the socket instead of
       re-validating and re-encoding headers on every publish and waking the
       flusher task;
     * acks on the ack subscription (``ack_sid``) go straight to
@@ -222,27 +222,14 @@ class FastClient(Client):
         return queued
 
 
-def pub_command(subject: str, reply: str, headers: dict[str, str], payload: bytes) -> bytes:
-    """The wire form of a publish with headers (NATS ``HPUB``).
+def header_lines(headers: dict[str, str]) -> bytes:
+    """``NATS/1.0`` and one line per header: a header block without its final
+    empty line (the forwarder caches these and appends ``Nats-Msg-Id``).
 
     Header names and values must already be safe (``mqttgate.headers`` makes
     them so): no CR/LF, no leading or trailing whitespace.
     """
-    return hpub(subject.encode(), reply.encode(), header_lines(headers) + b"\r\n", payload)
-
-
-def header_lines(headers: dict[str, str]) -> bytes:
-    """``NATS/1.0`` and one line per header: a header block without its final
-    empty line (the forwarder caches these and appends ``Nats-Msg-Id``)."""
     return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()])).encode()
-
-
-def hpub(subject: bytes, reply: bytes, block: bytes, payload: bytes) -> bytes:
-    """``HPUB`` with a complete, encoded header block (ending in an empty line)."""
-    size = len(block)
-    if reply:
-        return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, size, size + len(payload), block, payload)
-    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, size, size + len(payload), block, payload)
 
 
 def servers(config: Config) -> list[str]:

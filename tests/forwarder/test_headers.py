@@ -121,28 +121,6 @@ def test_tls_options(tmp_path: Any) -> None:
     assert isinstance(context, ssl.SSLContext)
 
 
-@pytest.mark.parametrize("reply", ["_INBOX.abc.1f", ""])
-def test_pub_command_is_what_nats_py_would_send(reply: str) -> None:
-    """The pre-encoded HPUB equals nats-py's own encoding (modulo the double
-    space nats-py writes for an empty reply)."""
-    from nats.aio.client import NATS_HDR_LINE
-    from nats.protocol.command import hpub_cmd
-
-    headers = h.message_headers(
-        ForwardMessage("a/b", b"", 1, True, "c", "0123456789abcdef01234567", "t", "u",
-                       Properties(content_type="x/y", user_properties=(("k", "\u00e9"),))),
-        "sess:7:1",
-    )  # fmt: skip
-    payload = b"\x00\r\n payload"
-    block = bytearray(NATS_HDR_LINE + b"\r\n")
-    for key, value in headers.items():
-        block += f"{key}: {value}\r\n".encode()
-    block += b"\r\n"
-    expected = hpub_cmd("mqtt.d.a.b", reply, bytes(block), payload)
-    got = nats_conn.pub_command("mqtt.d.a.b", reply, headers, payload)
-    assert got == (expected if reply else expected.replace(b"HPUB mqtt.d.a.b  ", b"HPUB mqtt.d.a.b "))
-
-
 @pytest.mark.parametrize("qos", [0, 1, 2])
 @pytest.mark.parametrize("props", [NO_PROPERTIES, Properties(content_type="x/y", user_properties=(("k", "\u00e9"),))])
 async def test_forwarder_commands_are_what_nats_py_would_send(qos: int, props: Properties) -> None:
