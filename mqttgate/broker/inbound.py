@@ -173,15 +173,15 @@ class InboundPublishes:
         if qos == 0:
             if broker.forwarding:
                 forwarded = self._forward_message(message, None)
-                if broker.forwarder.try_submit(forwarded) is None:
-                    if not self.qos0_stuck:
-                        return self._forward_qos0_later(forwarded)
-                    # The last wait found the pump stuck: drop at once until
-                    # the queue takes messages again.
-                    if not broker.forwarder.submit_nowait(forwarded):
+                if self.qos0_stuck:
+                    # The last wait found the pump stuck: no waiting, drop
+                    # until the queue takes a message again.
+                    if broker.forwarder.submit_nowait(forwarded):
+                        self.qos0_stuck = False
+                    else:
                         stats.forward_dropped += 1
-                elif self.qos0_stuck:
-                    self.qos0_stuck = False
+                elif broker.forwarder.try_submit(forwarded) is None:
+                    return self._forward_qos0_later(forwarded)
             return None
         assert pid is not None
         if qos == 2:
