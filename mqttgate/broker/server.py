@@ -137,10 +137,9 @@ class Broker:
             max_retained_bytes=config.max_retained_bytes,
         )
         self.shutting_down = False
-        #: When draining connections stop waiting for forward acks (set at shutdown).
-        self.acks_deadline = math.inf
-        #: The daemon's shutdown deadline: closing connections (shielded from
-        #: the cancellation) write their DISCONNECT and linger until then at most.
+        #: The daemon's shutdown deadline (set at shutdown): closing
+        #: connections (shielded from the cancellation) write their DISCONNECT
+        #: and linger until then at most.
         self.shutdown_deadline = math.inf
         #: Congested sessions publishers wait for (overload control, broker/delivery.py).
         self.overload = Overload(config.max_publisher_pause)
@@ -191,16 +190,19 @@ class Broker:
                 for listener in listeners:
                     await listener.aclose()
                 self.shutting_down = True
-                # Connections wait for their pending forwards until here, then
-                # send their DISCONNECT (0x8B) within the daemon's deadline.
-                timeout = self.config.shutdown_timeout
-                self.shutdown_deadline = trio.current_time() + timeout
-                self.acks_deadline = self.shutdown_deadline - min(1.0, timeout / 4)
+                self.shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
                 log.info("mqtt_draining", connections=len(self._conns))
                 for conn in list(self._conns.values()):
                     conn.kick(ReasonCode.SERVER_SHUTTING_DOWN)
             outer.cancel_scope.cancel()
         log.info("mqtt_stopped")
+
+    @property
+    def acks_deadline(self) -> float:
+        """When draining connections stop waiting for their pending forwards,
+        so that their DISCONNECT (0x8B) still goes out before the shutdown
+        deadline: a quarter of the timeout, at most 1 s, before it."""
+        return self.shutdown_deadline - min(1.0, self.config.shutdown_timeout / 4)
 
     async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
         # Plain TCP connections are served on the bare socket (Connection.sock):
