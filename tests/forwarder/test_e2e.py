@@ -14,31 +14,20 @@ import trio
 
 from mqttgate import headers as h
 from tests.broker.paho_client import V5, V311, Paho
-from tests.conftest import JetStreamNames, StartDaemon, make_config, port_of
+from tests.conftest import JetStreamNames, StartDaemon, port_of
 from tests.forwarder.conftest import PrivateNats, Stored, _aio_read_stream
+from tests.forwarder.test_forwarder import config_for
 
 
 async def stream_contents(url: str, stream: str) -> list[Stored]:
     return await trio.to_thread.run_sync(lambda: asyncio.run(_aio_read_stream(url, stream, 5.0)))
 
 
-def daemon_config(js: JetStreamNames, **overrides: Any) -> Any:
-    settings: dict[str, Any] = {
-        "forward": True,
-        "nats_url": js.url,
-        "nats_stream": js.stream,
-        "nats_subject_prefix": js.prefix,
-        "nats_storage": "memory",
-    }
-    settings.update(overrides)
-    return make_config(**settings)
-
-
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 async def test_published_messages_reach_the_stream_with_identity_headers(
     start_daemon: StartDaemon, jetstream: JetStreamNames, version: int
 ) -> None:
-    port = port_of((await start_daemon(daemon_config(jetstream))).mqtt)
+    port = port_of((await start_daemon(config_for(jetstream))).mqtt)
     client = Paho(port, f"e2e-{version}", version)
     props: dict[str, Any] | None = None
     if version == V5:
@@ -90,7 +79,7 @@ async def test_puback_is_withheld_while_nats_is_paused(
     start_daemon: StartDaemon, private_nats: PrivateNats, version: int
 ) -> None:
     names = JetStreamNames(url=private_nats.url, stream="E2EPAUSE", prefix="ep")
-    port = port_of((await start_daemon(daemon_config(names, forward_timeout=60.0))).mqtt)
+    port = port_of((await start_daemon(config_for(names, forward_timeout=60.0))).mqtt)
     client = Paho(port, "pauser", version)
     with trio.fail_after(30):
         await trio.to_thread.run_sync(client.connect)
@@ -114,7 +103,7 @@ async def test_v5_gets_a_failure_puback_and_v311_is_disconnected_after_the_deadl
     start_daemon: StartDaemon, private_nats: PrivateNats
 ) -> None:
     names = JetStreamNames(url=private_nats.url, stream="E2EDOWN", prefix="ed")
-    port = port_of((await start_daemon(daemon_config(names, forward_timeout=1.0))).mqtt)
+    port = port_of((await start_daemon(config_for(names, forward_timeout=1.0))).mqtt)
     v5 = Paho(port, "v5-down", V5)
     v311 = Paho(port, "v311-down", V311)
     with trio.fail_after(30):
@@ -137,7 +126,7 @@ async def test_readyz_and_metrics_report_the_real_forwarder(
 ) -> None:
     from tests.registry.http import request
 
-    config = daemon_config(jetstream)
+    config = config_for(jetstream)
     endpoints = await start_daemon(config)
     http_port = port_of(endpoints.http)
     client = Paho(port_of(endpoints.mqtt), "metrics-probe", V5)
@@ -166,7 +155,7 @@ async def test_a_topic_with_no_nats_subject_is_refused_not_retried(
     # (docs/topics-and-subjects.md). Retrying could never succeed, so the
     # client is told (v5: PUBACK 0x90) or acknowledged-and-dropped (3.1.1, no
     # negative ack), never disconnected into a retransmission loop.
-    port = port_of((await start_daemon(daemon_config(jetstream))).mqtt)
+    port = port_of((await start_daemon(config_for(jetstream))).mqtt)
     client = Paho(port, f"refused-{version}", version)
     with trio.fail_after(20):
         await trio.to_thread.run_sync(client.connect)
@@ -191,7 +180,7 @@ async def test_a_qos0_burst_larger_than_the_queue_is_stored_in_full(
     (docs/nats.md, "Delivery guarantees and backpressure")."""
     from tests.broker.raw import RawClient, publish
 
-    port = port_of((await start_daemon(daemon_config(jetstream, nats_queue_size=16))).mqtt)
+    port = port_of((await start_daemon(config_for(jetstream, nats_queue_size=16))).mqtt)
     burst = b"".join(publish(f"burst/{index % 7}", b"%d" % index) for index in range(400))
     with trio.fail_after(30):
         client = await RawClient.connected(port, "burst")
