@@ -344,15 +344,10 @@ class Store:
         return _device(row)
 
     async def get_device(self, device_id: str) -> Device:
-        row = await self._call(
-            self._pool.fetchrow,
+        return await self._one_device(
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = $1",
             device_id,
-            timeout=self._timeout,
         )
-        if row is None:
-            raise DeviceNotFound(device_id)
-        return _device(row)
 
     async def list_devices(
         self, *, device_type: str | None = None, after: str | None = None, limit: int = 100
@@ -369,27 +364,17 @@ class Store:
         return [_device(row) for row in rows]
 
     async def delete_device(self, device_id: str) -> Device:
-        row = await self._call(
-            self._pool.fetchrow,
+        return await self._one_device(
             f"DELETE FROM devices USING {_origin_from('$2')} WHERE id = $1 RETURNING {_DEVICE_COLUMNS}",
             device_id, self.origin,
-            timeout=self._timeout,
         )
-        if row is None:
-            raise DeviceNotFound(device_id)
-        return _device(row)
 
     async def set_password_hash(self, device_id: str, password_hash: str) -> Device:
-        row = await self._call(
-            self._pool.fetchrow,
+        return await self._one_device(
             f"UPDATE devices SET password_hash = $2, updated_at = now() FROM {_origin_from('$3')}"
             f" WHERE id = $1 RETURNING {_DEVICE_COLUMNS}",
             device_id, password_hash, self.origin,
-            timeout=self._timeout,
         )
-        if row is None:
-            raise DeviceNotFound(device_id)
-        return _device(row)
 
     async def replace_password_hash(self, mqtt_user: str, old_hash: str, new_hash: str) -> bool:
         """Compare-and-set of the hash (argon2 parameter upgrade on login).
@@ -408,18 +393,13 @@ class Store:
 
     async def set_disabled(self, device_id: str, disabled: bool) -> Device:
         """Disable or enable; the first disable time is kept if disabled again."""
-        row = await self._call(
-            self._pool.fetchrow,
+        return await self._one_device(
             "UPDATE devices SET"
             " disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) ELSE NULL END,"
             f" updated_at = now() FROM {_origin_from('$3')} WHERE id = $1"
             f" RETURNING {_DEVICE_COLUMNS}",
             device_id, disabled, self.origin,
-            timeout=self._timeout,
         )
-        if row is None:
-            raise DeviceNotFound(device_id)
-        return _device(row)
 
     async def get_credential(self, mqtt_user: str) -> Credential | None:
         row = await self._call(
@@ -560,6 +540,13 @@ class Store:
             self._reset_watchers(False)
 
     # ------------------------------------------------------------ plumbing
+
+    async def _one_device(self, sql: str, device_id: str, *args: Any) -> Device:
+        """The device row ``sql`` returns for ``device_id`` (``$1``), or DeviceNotFound."""
+        row = await self._call(self._pool.fetchrow, sql, device_id, *args, timeout=self._timeout)
+        if row is None:
+            raise DeviceNotFound(device_id)
+        return _device(row)
 
     async def _call(
         self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
