@@ -13,7 +13,12 @@ payloads, QoS 1 with 32 in flight each, one MQTT subscriber on ``dev/#``).
 The JetStream side is counted from the stream (messages stored during the run,
 read once the count has settled).
 
-    .venv/bin/python bench/forward.py [--duration 5] [--runs 3] [--storage file|memory] [--tools DIR]
+``--ceiling`` adds a third row, **mqttgate-local**: the same daemon with
+forwarding off (nothing reaches JetStream, PUBACK right away). It is not a
+forwarding result; it is the ceiling any forwarding design in this one
+process could reach, the broker's own work with forwarding made free.
+
+    .venv/bin/python bench/forward.py [--duration 5] [--runs 3] [--storage file|memory] [--ceiling] [--tools DIR]
 """
 
 from __future__ import annotations
@@ -109,13 +114,15 @@ def main() -> int:
     parser.add_argument("--storage", choices=("file", "memory"), default="file")
     parser.add_argument("--scenario", default="fanin-qos1,fanin-qos0")
     parser.add_argument("--runs", type=int, default=1, help="repeat each scenario pair; prints the median ratio")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also run mqttgate with forwarding off (the broker's own ceiling)")
     args = parser.parse_args()
     tool = pathlib.Path(args.tools) / "mqttbench"
     if not tool.exists():
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tool), str(tool) + ".c", "-lm"], check=True)
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="mqttgate-fwd-bench-"))
-    nats_port, native_mqtt, gate_mqtt, gate_http = free_port(), free_port(), free_port(), free_port()
+    nats_port, native_mqtt, gate_mqtt = free_port(), free_port(), free_port()
     url = f"nats://127.0.0.1:{nats_port}"
     conf = work / "nats.conf"
     conf.write_text(
@@ -134,37 +141,47 @@ def main() -> int:
         # BENCH_GATE_SCRIPT: a script to run instead of ``-m mqttgate`` (to
         # measure an experimental patch side by side with the same load).
         launcher = [os.environ["BENCH_GATE_SCRIPT"]] if os.environ.get("BENCH_GATE_SCRIPT") else ["-m", "mqttgate"]
-        gate = subprocess.Popen(
-            [sys.executable, *launcher, "serve", "--allow-anonymous", "true", "--forward", "on",
-             "--nats-url", url, "--nats-stream", "BENCH_GATE", "--nats-subject-prefix", "mqtt",
-             "--nats-storage", args.storage, "--log-level", "warning", "--max-connections", "1000",
-             "--mqtt-listen", f"127.0.0.1:{gate_mqtt}", "--http-listen", f"127.0.0.1:{gate_http}"],
-            stdout=open(work / "mqttgate.log", "wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        procs.append(gate)
-        wait_port(gate_mqtt)
-        targets = [("mqttgate", gate_mqtt, gate.pid, "BENCH_GATE"),
-                   ("nats-mqtt", native_mqtt, server.pid, "BENCH_NATIVE")]  # fmt: skip
+
+        def start_gate(port: int, forward: str, log: str) -> subprocess.Popen[bytes]:
+            gate = subprocess.Popen(
+                [sys.executable, *launcher, "serve", "--allow-anonymous", "true", "--forward", forward,
+                 "--nats-url", url, "--nats-stream", "BENCH_GATE", "--nats-subject-prefix", "mqtt",
+                 "--nats-storage", args.storage, "--log-level", "warning", "--max-connections", "1000",
+                 "--mqtt-listen", f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}"],
+                stdout=open(work / log, "wb"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            procs.append(gate)
+            wait_port(port)
+            return gate
+
+        gate = start_gate(gate_mqtt, "on", "mqttgate.log")
+        targets: list[tuple[str, int, int, str | None]] = [
+            ("mqttgate", gate_mqtt, gate.pid, "BENCH_GATE"),
+            ("nats-mqtt", native_mqtt, server.pid, "BENCH_NATIVE"),
+        ]
+        if args.ceiling:
+            local_mqtt = free_port()
+            targets.append(("mqttgate-local", local_mqtt, start_gate(local_mqtt, "off", "mqttgate-local.log").pid, None))
         print(f"8 publishers, 64 B, {args.duration:g} s window, {args.storage} storage; logs in {work}")
         header = (
-            f"{'scenario':11} {'system':10} {'acked/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'scenario':11} {'system':14} {'acked/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'stored':>9} {'stored/s':>9} {'stored/sent':>11} {'recv/s':>9} {'cpu%':>6}"
         )
         print(header)
-        ratios: dict[str, list[float]] = {}
+        ratios: dict[tuple[str, str], list[float]] = {}
         for scenario in [name for _ in range(args.runs) for name in args.scenario.split(",")]:
             figures: dict[str, float] = {}
             for name, port, pid, stream in targets:
-                before = asyncio.run(stream_count(url, stream))
+                before = asyncio.run(stream_count(url, stream)) if stream else 0
                 row = run_load(tool, scenario, port, pid, args.duration)
                 elapsed = row.get("warmup_s", 1.0) + row.get("window_s", args.duration)
-                stored = settled_count(url, stream) - before
+                stored = settled_count(url, stream) - before if stream else 0
                 sent_total = row.get("sent_total", 0) or 1
                 acked = row.get("acked_per_s")
                 p50 = row.get("lat_p50_us")
                 p99 = row.get("lat_p99_us")
                 print(
-                    f"{scenario:11} {name:10} "
+                    f"{scenario:11} {name:14} "
                     f"{acked if acked is not None else float('nan'):9.0f} "
                     f"{(p50 or float('nan')) / 1000:7.2f} {(p99 or float('nan')) / 1000:7.2f} "
                     f"{stored:9d} {stored / elapsed:9.0f} {stored / sent_total:11.3f} "
@@ -174,14 +191,20 @@ def main() -> int:
                 (work / "results.jsonl").open("a").write(
                     json.dumps({**row, "system": name, "stored": stored}) + "\n"
                 )
-                # QoS 1: acknowledged (= stored) per second; QoS 0: stored per second.
-                figures[name] = acked if acked is not None else stored / elapsed
+                # QoS 1: acknowledged (= stored) per second; QoS 0: stored per second
+                # (received by the subscriber for the ceiling row, which stores nothing).
+                if acked is not None:
+                    figures[name] = acked
+                else:
+                    figures[name] = stored / elapsed if stream else row.get("received_per_s", 0)
             if figures.get("nats-mqtt"):
-                ratios.setdefault(scenario, []).append(figures["mqttgate"] / figures["nats-mqtt"])
-        for scenario, values in ratios.items():
+                for name in figures:
+                    if name != "nats-mqtt":
+                        ratios.setdefault((scenario, name), []).append(figures[name] / figures["nats-mqtt"])
+        for (scenario, name), values in ratios.items():
             ordered = sorted(values)
             print(
-                f"{scenario}: mqttgate / nats-mqtt = {ordered[len(ordered) // 2]:.2f} median "
+                f"{scenario}: {name} / nats-mqtt = {ordered[len(ordered) // 2]:.2f} median "
                 f"({ordered[0]:.2f}-{ordered[-1]:.2f} over {len(ordered)} runs; acked/s for QoS 1, stored/s for QoS 0)"
             )
     finally:

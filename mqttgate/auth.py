@@ -45,7 +45,9 @@ class AuthDenied(Exception):
     SERVER_UNAVAILABLE (0x88 / rc 3), SERVER_BUSY (0x89 / rc 3).
     """
 
-    def __init__(self, reason: ReasonCode, detail: str, *, why: str | None = None) -> None:
+    def __init__(
+        self, reason: ReasonCode, detail: str, *, why: str | None = None, device_id: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         #: Sent to v5 clients as the Reason String: never says whether the
@@ -53,6 +55,9 @@ class AuthDenied(Exception):
         self.detail = detail
         #: The precise cause for the log (``unknown_user``, ``bad_password``...).
         self.why = why or detail
+        #: The device the user name belongs to, when it names one (for the
+        #: log only, so ``mqttgate logs --device ID`` finds its denials).
+        self.device_id = device_id
 
 
 class Acl(Protocol):

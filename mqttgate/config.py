@@ -238,6 +238,13 @@ class Config:
         Address("0.0.0.0", 9091), parse_address, "HTTP API listener, host:port",
         shown_default="0.0.0.0:9091",
     )
+    # Each HTTP connection holds a task and buffers until hypercorn's 5 s
+    # keep-alive timeout; 1000 is far above what probes, Prometheus and
+    # provisioning scripts open, and bounds a flood to a few MB.
+    http_max_connections: int = setting(
+        1000, int_range(1),
+        "Most concurrent HTTP API connections; further ones get 503 and are closed at once",
+    )
     # MQTT over TLS (mqttgate/tls.py, docs/operations.md "TLS"); 8883 is the IANA port.
     mqtts_listen: Address | None = setting(
         None, parse_optional_address,
@@ -273,6 +280,12 @@ class Config:
     api_token: str | None = setting(
         None, parse_optional_str,
         "Bearer token for the HTTP API (secret; never logged)", secret=True, shown_default="none",
+    )
+    api_token_file: str | None = setting(
+        None, parse_optional_str,
+        "File holding the API token, created with a random one (mode 0600) when missing; "
+        "used when MQTTGATE_API_TOKEN is not set",
+        shown_default="none",
     )
     # --- logging and process ---------------------------------------------
     log_level: str = setting(
@@ -344,6 +357,23 @@ class Config:
         100_000, int_range(1),
         "Sessions held, connected and offline persistent; a CONNECT that would create another "
         "gets 0x97 / rc 3 (resuming or taking over a session is never refused)",
+    )
+    # One device's firmware must not deny service to the others: 100 is far
+    # above what one device needs (one or a few client ids) and far below
+    # max_sessions. docs/broker.md "Session memory".
+    max_sessions_per_device: int = setting(
+        100, int_range(0),
+        "Sessions held under one device id; a CONNECT that would create another gets 0x97 / rc 3 "
+        "(0 = no per-device limit; anonymous clients are not counted)",
+    )
+    # A fixed size, not a fraction of max_queued_bytes: a quarter of its
+    # default, and raising the global budget for more devices does not let
+    # one device hold more. docs/broker.md "Session memory".
+    max_queued_bytes_per_device: int = setting(
+        64 * 1024 * 1024, nonnegative_size,
+        "Share of max_queued_bytes one device's sessions may hold together; beyond it a QoS 1/2 delivery "
+        "to them is handled as when max_queued_bytes is full (0 = no per-device limit)",
+        shown_default="64MiB",
     )
     max_retained_messages: int = setting(
         100_000, int_range(0), "Retained messages kept; new topics beyond it are not retained"

@@ -332,7 +332,8 @@ class DeviceAuth:
             self._by_user.failed(username)
             self._by_address.failed(address)
             reason = "unknown_user" if credential is None else "bad_password"
-            self._deny(reason, ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
+            device_id = None if credential is None else credential.device_id
+            self._deny(reason, ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer, device_id)
         assert credential is not None
         if not ticket.stale and ticket.epoch == self._store.credentials_epoch:
             self.cache.remember(username, mac, credential)
@@ -364,17 +365,23 @@ class DeviceAuth:
 
     def _admit(self, credential: Credential, username: str, peer: str) -> Identity:
         if credential.disabled:
-            self._deny("disabled", ReasonCode.NOT_AUTHORIZED, username, peer)
+            self._deny("disabled", ReasonCode.NOT_AUTHORIZED, username, peer, credential.device_id)
         return Identity(
             device_id=credential.device_id,
             mqtt_user=credential.mqtt_user,
             device_type=credential.device_type,
         )
 
-    def _deny(self, why: str, reason: ReasonCode, username: str | None, peer: str) -> NoReturn:
-        # The broker logs the denial (connect_denied, with mqtt_user and why);
-        # the client only learns the generic reason (no user enumeration).
-        raise AuthDenied(reason, _PUBLIC_DETAIL.get(reason, "not authorized"), why=why)
+    def _deny(
+        self, why: str, reason: ReasonCode, username: str | None, peer: str,
+        device_id: str | None = None,
+    ) -> NoReturn:
+        # The broker logs the denial (connect_denied, with mqtt_user, the
+        # device id when the user exists, and why); the client only learns
+        # the generic reason (no user enumeration).
+        raise AuthDenied(
+            reason, _PUBLIC_DETAIL.get(reason, "not authorized"), why=why, device_id=device_id
+        )
 
     async def _verify_once(
         self, username: str, mac: bytes, password: bytes, credential: Credential | None

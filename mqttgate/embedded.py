@@ -38,7 +38,6 @@ import glob
 import json
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import stat
@@ -55,6 +54,7 @@ import trio
 
 from mqttgate.config import Address, Config, ConfigError
 from mqttgate.logs import get_logger
+from mqttgate.tokenfile import load_or_create_token
 
 log = get_logger("embedded")
 
@@ -217,24 +217,6 @@ def prepare_dirs(paths: Paths, run_as: RunAs) -> None:
     if run_as.name is not None:
         os.chown(paths.postgres, run_as.uid, run_as.gid)
     os.chmod(paths.postgres, 0o700)  # initdb refuses group/other access
-
-
-def load_or_create_token(path: str) -> tuple[str, bool]:
-    """The persisted API token and whether it was created now (file mode 0600)."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            token = handle.read().strip()
-        if token:
-            return token, False
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # an empty file from an interrupted start
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(token + "\n")
-    return token, True
 
 
 # ---------------------------------------------------------------- children

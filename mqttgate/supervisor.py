@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import attrs
@@ -169,7 +170,8 @@ async def run(
                             mqtt = await front.start(broker.serve, shutdown)
                             app = create_app(config, broker=broker, **services)
                             http = await front.start(
-                                serve_http, app, config.http_listen, shutdown
+                                partial(serve_http, max_connections=config.http_max_connections),
+                                app, config.http_listen, shutdown,
                             )
                             endpoints = Endpoints(mqtt=mqtt, http=http)
                             log.info("ready", mqtt=mqtt, http=http)

@@ -31,6 +31,7 @@ from mqttgate.api.server import PatchedQuartTrio
 from mqttgate.config import Config, ConfigError
 from mqttgate.credentials import Hasher
 from mqttgate.logs import get_logger
+from mqttgate.tokenfile import load_or_create_token
 
 log = get_logger("api")
 
@@ -46,11 +47,15 @@ BODY_TIMEOUT_S = 10
 def api_token(config: Config, has_registry: bool) -> str | None:
     """The bearer token, or ConfigError when the registry API would be unprotected.
 
-    Hook for embedded/development mode: with ``embedded`` and no token, one is
-    generated and printed once to stderr (never logged).
+    Without ``api_token``: ``api_token_file`` is read, or created with a new
+    token whose path (not the token) is printed once to stderr; in embedded
+    mode without either, a token is generated and printed once to stderr.
+    Tokens are never logged.
     """
     if config.api_token:
         return config.api_token
+    if config.api_token_file:
+        return _token_from_file(config.api_token_file)
     if config.embedded:
         token = secrets.token_urlsafe(32)
         print(f"mqttgate: generated API token (embedded mode): {token}", file=sys.stderr)
@@ -63,6 +68,17 @@ def api_token(config: Config, has_registry: bool) -> str | None:
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
         )
     return None
+
+
+def _token_from_file(path: str) -> str:
+    try:
+        token, created = load_or_create_token(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("MQTTGATE_API_TOKEN_FILE", f"cannot read or create {path!r}: {error}") from None
+    if created:
+        print(f"mqttgate: API token created in {path} (mode 0600); read it from there", file=sys.stderr)
+        log.info("api_token_created", path=path)
+    return token
 
 
 def create_app(config: Config, **services: Any) -> QuartTrio:

@@ -92,6 +92,18 @@ BROKER_DROPS: dict[str, str] = {
 }
 
 
+#: ForwarderStats values the generic export cannot see (properties read
+#: through callables, a flag) or would type wrongly (a by-QoS dict) ->
+#: (metric name, kind, help). ``forwarded_total`` is a counter by ``qos``.
+FORWARDER_VALUES: dict[str, tuple[str, str, str]] = {
+    "queue_depth": ("forward_queue_depth", "gauge", "Messages waiting in the forward queue now"),
+    "pending_acks": (
+        "forward_pending_acks", "gauge", "QoS 1/2 messages sent to JetStream, not yet acked or failed",
+    ),
+    "connected": ("forward_connected", "gauge", "1 while connected to NATS, else 0"),
+}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -136,6 +148,17 @@ class MqttgateCollector(Collector):
         self._services = services
 
     def collect(self) -> Iterator[Metric]:
+        # One family per name, first wins: the generic export derives names
+        # from field names, and a repeated family (the broker's forward_failed
+        # and the forwarder's failed_total were both mqttgate_forward_failed)
+        # makes Prometheus reject the whole scrape.
+        seen: set[str] = set()
+        for family in self._families():
+            if family.name not in seen:
+                seen.add(family.name)
+                yield family
+
+    def _families(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(PREFIX + "build_info", "mqttgate version", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
@@ -152,7 +175,7 @@ class MqttgateCollector(Collector):
         forwarder = self._services.get("forwarder")
         fstats = getattr(forwarder, "stats", None)
         if fstats is not None:
-            yield from _generic("forward", fstats, skip=())
+            yield from _forwarder(fstats)
             latency = getattr(fstats, "ack_latency", None)
             if latency is not None:
                 yield _histogram(
@@ -163,6 +186,10 @@ class MqttgateCollector(Collector):
         authenticator = self._services.get("authenticator")
         if authenticator is not None:
             yield from self._auth(authenticator)
+        # The HTTP connection gate (api/http_limits.py), added by serve_http.
+        http_connections: Any = self._services.get("http_connections")
+        if _collectable(http_connections):
+            yield from http_connections.collect()
 
     def _broker(self, stats: Any) -> Iterator[Metric]:
         fields = _fields(stats)
@@ -237,6 +264,26 @@ class MqttgateCollector(Collector):
             for value in _fields(owner).values():
                 if _collectable(value):
                     yield from value.collect()
+
+
+def _forwarder(stats: Any) -> Iterator[Metric]:
+    for field, (name, kind, text) in FORWARDER_VALUES.items():
+        raw = getattr(stats, field, None)
+        value = float(raw) if isinstance(raw, bool) else _number(raw)
+        if value is not None:
+            yield _scalar(kind, PREFIX + name, text, value)
+    by_qos = getattr(stats, "forwarded_total", None)
+    if isinstance(by_qos, dict):
+        family = CounterMetricFamily(
+            PREFIX + "forward_forwarded",
+            "Messages JetStream acknowledged (QoS 1/2) or handed to NATS (QoS 0), by QoS",
+            labels=["qos"],
+        )
+        for qos, count in sorted(by_qos.items()):
+            if _number(count) is not None:
+                family.add_metric([str(qos)], float(count))
+        yield family
+    yield from _generic("forward", stats, skip={*FORWARDER_VALUES, "forwarded_total"})
 
 
 def _scalar(kind: str, name: str, text: str, value: float) -> Metric:

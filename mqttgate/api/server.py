@@ -12,6 +12,12 @@ answer with the API's JSON error shape (docs/api.md "Errors"). And
 ``_TCPServer`` puts a deadline on hypercorn's shielded writes (see
 ``SEND_TIMEOUT_S``). tests/registry/test_hostile_http.py checks both still
 take effect.
+
+``_TCPServer`` also bounds the number of open connections
+(``MQTTGATE_HTTP_MAX_CONNECTIONS``, see ``api/http_limits.py``): past the
+limit a new connection gets a fixed 503 and is closed before hypercorn reads
+anything. tests/registry/test_http_limits.py checks it, and that hypercorn
+still builds its connection handlers from the class replaced here.
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from mqttgate.api.errors import _HTTP_CODES
-from mqttgate.config import Address
+from mqttgate.api.http_limits import REFUSAL, ConnectionGate
+from mqttgate.config import Address, Config
+from mqttgate.logs import get_logger
+
+log = get_logger("api")
 
 _PROTOCOL_ERROR_DETAIL = {
     400: "the request is not valid HTTP/1.1",
@@ -69,8 +79,43 @@ setattr(H11Protocol, "_send_error_response", _send_json_error_response)  # noqa:
 SEND_TIMEOUT_S = 10.0
 
 
+#: Longest the fixed 503 to a refused connection may take to write. It fits
+#: the empty send buffer of a new socket, so this is only a backstop.
+REFUSAL_SEND_TIMEOUT_S = 1.0
+
+
+class _HyperConfig(HyperConfig):
+    """hypercorn's config, carrying the connection gate to ``_TCPServer``."""
+
+    connection_gate: ConnectionGate | None = None
+
+
 class _TCPServer(TCPServer):
-    """hypercorn's connection handler, with a deadline on every write."""
+    """hypercorn's connection handler, with a connection limit and a deadline
+    on every write."""
+
+    async def run(self) -> None:
+        gate = getattr(self.config, "connection_gate", None)
+        if gate is None:
+            await super().run()
+            return
+        if not gate.try_open():
+            await _refuse(gate, self.stream)
+            return
+        try:
+            await super().run()
+        finally:
+            gate.close()
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The peer has gone (EOF, reset or read error). hypercorn's h11
+        # protocol does not report that while the connection is idle between
+        # requests, so the connection (and its slot in the gate) stayed open
+        # until the keep-alive timer fired, 5 s later. Nothing more can arrive:
+        # stop the timer; run() then closes the socket at once. A request
+        # still being answered is unaffected (the timer only runs when idle).
+        await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, RawData):
@@ -92,6 +137,32 @@ class _TCPServer(TCPServer):
 
 
 setattr(_hypercorn_run, "TCPServer", _TCPServer)  # noqa: B010
+
+
+async def _refuse(gate: ConnectionGate, stream: Any) -> None:
+    """Answer a connection over the limit with the fixed 503 and close it."""
+    suppressed = gate.log_refusal(trio.current_time())
+    if suppressed is not None:
+        log.warning(
+            "http_connections_refused",
+            peer=_peer(stream), limit=gate.limit, suppressed=suppressed,
+        )
+    # Plain TCP only: on a TLS stream the bytes would start a handshake first.
+    if isinstance(stream, trio.SocketStream):
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT_S):
+            try:
+                await stream.send_all(REFUSAL)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+    await trio.aclose_forcefully(stream)
+
+
+def _peer(stream: Any) -> str | None:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError, ValueError):
+        return None
+    return f"{host}:{port}"
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):
@@ -116,10 +187,27 @@ async def serve_http(
     shutdown: trio.Event,
     *,
     graceful_timeout: float = 5.0,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown`` is set; report the bound addresses."""
-    config = HyperConfig()
+    """Serve ``app`` until ``shutdown`` is set; report the bound addresses.
+
+    ``max_connections`` defaults to ``http_max_connections`` of the app's
+    mqttgate config (``create_app`` puts it in ``app.extensions``). The
+    connection gate goes into the same dict, where /metrics reads it.
+    """
+    services = app.extensions.get("mqttgate")
+    if not isinstance(services, dict):
+        services = {}
+    if max_connections is None:
+        app_config = services.get("config")
+        if not isinstance(app_config, Config):
+            app_config = Config()
+        max_connections = app_config.http_max_connections
+    gate = ConnectionGate(max_connections)
+    services["http_connections"] = gate
+    config = _HyperConfig()
+    config.connection_gate = gate
     config.bind = [str(listen)]
     config.graceful_timeout = graceful_timeout
     config.accesslog = None

@@ -404,7 +404,13 @@ class Connection(InboundPublishes):
                 return packet
 
     def _refuse(
-        self, reason: ReasonCode, detail: str, *, mqtt_user: str | None = None, why: str | None = None
+        self,
+        reason: ReasonCode,
+        detail: str,
+        *,
+        mqtt_user: str | None = None,
+        why: str | None = None,
+        device_id: str | None = None,
     ) -> None:
         stats = self.broker.stats
         stats.connects_denied[reason.name] = stats.connects_denied.get(reason.name, 0) + 1
@@ -414,6 +420,7 @@ class Connection(InboundPublishes):
             peer=self.peer,
             client_id=self.client_id,
             mqtt_user=mqtt_user,
+            device_id=device_id,
             reason=reason.name,
             why=why or detail,
         )
@@ -469,19 +476,31 @@ class Connection(InboundPublishes):
         if broker.stats.connections_current >= config.max_connections:
             self._refuse(_R.SERVER_BUSY, "too many connections")
             return False
-        if broker.session_limit_reached(self, plan.client_id):
+        refused = broker.session_limit_reached(self, plan.client_id)
+        if refused is not None:
             # Before authentication: a refused client costs no argon2 verify.
-            self._refuse(_R.QUOTA_EXCEEDED, _SESSION_LIMIT_DETAIL, why="max_sessions")
+            # Only max_sessions here: the device is not known yet.
+            self._refuse(*_OPEN_REFUSAL[refused], why=refused)
             return False
         try:
             identity = await broker.authenticator.authenticate(
                 connect.username, connect.password, client_id=plan.client_id, peer=self.peer
             )
         except AuthDenied as denied:
-            self._refuse(denied.reason, denied.detail, mqtt_user=connect.username, why=denied.why)
+            self._refuse(
+                denied.reason, denied.detail, mqtt_user=connect.username, why=denied.why,
+                device_id=denied.device_id,
+            )
             return False
         self.identity = identity
         self.acl = broker.authenticator.acl_for(identity)
+        if broker.owned_by_other(plan.client_id, identity.device_id):
+            # Before the takeover: another device's live connection stays up.
+            self._refuse(
+                *_OPEN_REFUSAL[OTHER_DEVICES_CLIENT_ID], mqtt_user=connect.username,
+                why=OTHER_DEVICES_CLIENT_ID, device_id=identity.device_id,
+            )
+            return False
         await broker.take_over(self, plan.client_id)
         if self.close_reason is not None:
             return False
@@ -498,9 +517,11 @@ class Connection(InboundPublishes):
         config = broker.config
         limits = broker.limits
         opened = broker.open_session(self, plan, clean=connect.clean_start)
-        if opened is None:
-            # max_sessions filled up while this client was authenticated.
-            self._refuse(_R.QUOTA_EXCEEDED, _SESSION_LIMIT_DETAIL, why="max_sessions")
+        if isinstance(opened, str):
+            # max_sessions filled up while this client was authenticated, its
+            # device holds max_sessions_per_device (known only now), or another
+            # device created the session while the takeover waited.
+            self._refuse(*_OPEN_REFUSAL[opened], why=opened, device_id=identity.device_id)
             return False
         handle, present = opened
         self.handle = handle
@@ -792,8 +813,20 @@ class Connection(InboundPublishes):
             sock.close()
 
 
-#: v5 Reason String of a CONNACK refused by max_sessions (3.1.1: return code 3).
-_SESSION_LIMIT_DETAIL = "quota exceeded: too many sessions"
+#: ``why`` of a CONNACK refused because the client id's session (or delayed
+#: Will) belongs to another device (Broker.owned_by_other).
+OTHER_DEVICES_CLIENT_ID = "client_id_of_other_device"
+
+#: Reason code and v5 Reason String of a CONNACK refused by
+#: ``Broker.open_session``. A session limit is 0x97 (3.1.1: return code 3);
+#: the device may learn which: both are about itself or the broker. Another
+#: device's client id is 0x85 (3.1.1: rc 2, identifier rejected): "a valid
+#: string but not allowed by the Server" (v5 section 3.2.2.2).
+_OPEN_REFUSAL = {
+    "max_sessions": (_R.QUOTA_EXCEEDED, "quota exceeded: too many sessions"),
+    "max_sessions_per_device": (_R.QUOTA_EXCEEDED, "quota exceeded: too many sessions for this device"),
+    OTHER_DEVICES_CLIENT_ID: (_R.CLIENT_IDENTIFIER_NOT_VALID, "client identifier in use by another device"),
+}
 
 _CLOSE_DETAIL = {
     _R.SESSION_TAKEN_OVER: "another connection with this client id",

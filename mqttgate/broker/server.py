@@ -29,7 +29,12 @@ client) and again, without a wait in between, when the session is created.
 A client id with a session (resume, takeover, Clean Start replacing it) is
 never refused. All their queues share one byte budget (``queue_budget``,
 ``max_queued_bytes``); a discarded session gives its bytes back
-(``_end_session``).
+(``_end_session``). Per device (``device_quotas``, pure, in
+protocol/session.py): at most ``max_sessions_per_device`` sessions, checked
+once the device is known (after authentication) when the session is
+created, and a share ``max_queued_bytes_per_device`` of the byte budget, so
+one device cannot take what all devices share. Anonymous clients are not
+counted per device.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import attrs
 import trio
 
 from mqttgate.auth import Authenticator, Identity
-from mqttgate.broker.connection import Connection
+from mqttgate.broker.connection import OTHER_DEVICES_CLIENT_ID, Connection
 from mqttgate.broker.delivery import Overload, SessionHandle
 from mqttgate.broker.router import LocalRouter
 from mqttgate.broker.stats import BrokerStats, ClientInfo
@@ -56,7 +61,14 @@ from mqttgate.forward import Forwarder, ForwardMessage, NullForwarder
 from mqttgate.logs import get_logger
 from mqttgate.protocol.packets import Will
 from mqttgate.protocol.reasons import ReasonCode
-from mqttgate.protocol.session import ConnectPlan, Limits, Message, QueueBudget, Session
+from mqttgate.protocol.session import (
+    ConnectPlan,
+    DeviceQuotas,
+    Limits,
+    Message,
+    QueueBudget,
+    Session,
+)
 
 log = get_logger("broker")
 
@@ -126,11 +138,17 @@ class Broker:
         self.limits = limits_from(config)
         #: Bytes queued in all sessions (``Session.enqueue``/``dequeue``).
         self.queue_budget = QueueBudget(config.max_queued_bytes)
+        #: Sessions and queued bytes per device (``max_*_per_device``).
+        self.device_quotas = DeviceQuotas(
+            self.queue_budget,
+            max_sessions=config.max_sessions_per_device,
+            max_bytes=config.max_queued_bytes_per_device,
+        )
         #: ``session_limit_reached`` is logged at most once per
-        #: _SESSION_LIMIT_LOG_INTERVAL (a full broker under a connect storm
-        #: would flood the log); refusals in between are counted here.
-        self._session_limit_log_at = -math.inf
-        self._session_limit_suppressed = 0
+        #: _SESSION_LIMIT_LOG_INTERVAL and limit (a full broker under a connect
+        #: storm, or one device retrying, would flood the log); limit ->
+        #: [time of the last warning, refusals not logged since].
+        self._session_limit_log: dict[str, list[float]] = {}
         self.router = LocalRouter(
             self.stats,
             max_retained=config.max_retained_messages,
@@ -364,6 +382,24 @@ class Broker:
 
     # ------------------------------------------------------------ sessions
 
+    def owned_by_other(self, client_id: str, device_id: str | None) -> bool:
+        """True if ``client_id`` has a session, or a Will waiting for its
+        delay, that another device (or an anonymous client, for a device;
+        a device, for an anonymous client) created.
+
+        Client ids are chosen by the clients, so without this any device
+        knowing another's client id could take over its session: kick it,
+        receive what its subscriptions queued, and read its traffic (the
+        original gateway's flaw). Only the session's own device may resume
+        it, take it over or replace it with Clean Start; others get 0x87 /
+        rc 5 (docs/broker.md "Client identifiers").
+        """
+        target = self.router.target(client_id)
+        if isinstance(target, SessionHandle) and target.session.owner != device_id:
+            return True
+        pending = self._pending_wills.get(client_id)
+        return pending is not None and pending.identity.device_id != device_id
+
     async def take_over(self, conn: Connection, client_id: str) -> None:
         """End any live connection of ``client_id`` and wait until it is closed."""
         first = True
@@ -397,46 +433,72 @@ class Broker:
             return 0.0
         return float(min(self.config.takeover_flap_delay * 2 ** (excess - 1), _FLAP_MAX_DELAY))
 
-    def session_limit_reached(self, conn: Connection, client_id: str) -> bool:
-        """True if ``client_id`` has no session and ``max_sessions`` are held.
+    def session_limit_reached(self, conn: Connection, client_id: str) -> str | None:
+        """The limit a new session for ``client_id`` would pass, or None.
 
-        Logs ``session_limit_reached`` (at most once per 10 s, with the
+        ``"max_sessions"`` (the broker holds that many) or
+        ``"max_sessions_per_device"`` (``conn``'s device holds that many;
+        before authentication the device is unknown and only the first is
+        checked). None also when ``client_id`` has a session: resuming,
+        taking over or replacing one is never refused. Logs
+        ``session_limit_reached`` (at most once per 10 s and limit, with the
         number of refusals not logged since); the caller refuses the
         CONNECT, which also logs ``connect_denied``.
         """
-        if self.stats.sessions_count < self.config.max_sessions or self.router.target(client_id) is not None:
-            return False
+        config = self.config
+        device_id = conn.identity.device_id
+        quotas = self.device_quotas
+        if self.stats.sessions_count < config.max_sessions and not quotas.full(device_id):
+            return None
+        if self.router.target(client_id) is not None:
+            return None
+        if self.stats.sessions_count >= config.max_sessions:
+            limit, held, cap = "max_sessions", self.stats.sessions_count, config.max_sessions
+        else:
+            limit, held, cap = "max_sessions_per_device", quotas.sessions(device_id), quotas.max_sessions
         now = trio.current_time()
-        if now < self._session_limit_log_at + _SESSION_LIMIT_LOG_INTERVAL:
-            self._session_limit_suppressed += 1
+        state = self._session_limit_log.setdefault(limit, [-math.inf, 0])
+        if now < state[0] + _SESSION_LIMIT_LOG_INTERVAL:
+            state[1] += 1
         else:
             log.warning(
                 "session_limit_reached",
                 conn_id=conn.conn_id,
                 client_id=client_id,
-                sessions=self.stats.sessions_count,
-                max_sessions=self.config.max_sessions,
-                suppressed=self._session_limit_suppressed,
+                device_id=device_id,
+                limit=limit,
+                sessions=held,
+                suppressed=int(state[1]),
+                **{limit: cap},
             )
-            self._session_limit_log_at = now
-            self._session_limit_suppressed = 0
-        return True
+            state[0], state[1] = now, 0
+        return limit
 
     def _end_session(self, client_id: str, handle: SessionHandle) -> None:
         """Discard a session: out of the router, its queued bytes back to the budget."""
         self.router.detach(client_id, handle)
         handle.session.end()
+        self.device_quotas.detach(client_id)
 
     def open_session(
         self, conn: Connection, plan: ConnectPlan, *, clean: bool
-    ) -> tuple[SessionHandle, bool] | None:
+    ) -> tuple[SessionHandle, bool] | str:
         """Resume or create the session of ``conn``; returns it and Session
-        Present, or None if a new session would exceed ``max_sessions``."""
+        Present, or the limit a new session would pass (``max_sessions``,
+        ``max_sessions_per_device``: :meth:`session_limit_reached`)."""
         client_id = plan.client_id
         target = self.router.target(client_id)
         handle = target if isinstance(target, SessionHandle) else None
-        if handle is None and self.session_limit_reached(conn, client_id):
-            return None
+        device_id = conn.identity.device_id
+        if self.owned_by_other(client_id, device_id):
+            # Checked before the takeover too; again here because that
+            # takeover may have waited (flap throttle) while another device
+            # created the session.
+            return OTHER_DEVICES_CLIENT_ID
+        if handle is None:
+            refused = self.session_limit_reached(conn, client_id)
+            if refused is not None:
+                return refused
         pending = self._pending_wills.pop(client_id, None)
         if handle is not None and clean:
             # v5 [MQTT-3.1.2-4], v311 [MQTT-3.1.2-6]: Clean Start discards the old session.
@@ -451,7 +513,8 @@ class Broker:
                 secrets.token_hex(8),
                 max_queued=self.config.max_queued_messages,
                 expiry=plan.session_expiry,
-                budget=self.queue_budget,
+                budget=self.device_quotas.attach(client_id, device_id),
+                owner=device_id,
             )
             handle = SessionHandle(
                 session, self.stats, self.config.max_outbox_bytes, trio.current_time, self.overload

@@ -21,6 +21,10 @@ a socket or a logger: times come in as ``now`` (monotonic seconds) arguments.
   leaves the queue (:meth:`Session.dequeue`, :meth:`Session.end`,
   :meth:`Session.reset_connection_state`), so the number of persistent
   sessions cannot multiply ``max_queued_messages`` into unbounded memory.
+* :class:`DeviceQuotas` keeps one device from taking what all devices share:
+  the sessions held under each device id (``max_sessions_per_device``) and a
+  per-device :class:`QueueBudget` (``max_queued_bytes_per_device``) whose
+  parent is the broker-wide one, so a queued entry counts against both.
 
 Outbound QoS 1/2 flow (server -> client), per packet id::
 
@@ -305,15 +309,117 @@ def queued_size(message: Message) -> int:
 class QueueBudget:
     """Bytes (:func:`queued_size`) queued across all sessions, and their limit.
 
-    One instance per broker, shared by every :class:`Session`; ``used`` is the
-    gauge the metrics read. Plain ints: one add per enqueue and per dequeue.
+    One instance per broker (``parent`` None), shared by every :class:`Session`;
+    its ``used`` is the gauge the metrics read. With per-device shares
+    (:class:`DeviceQuotas`) a device's sessions use one whose ``parent`` is the
+    broker's: bytes are counted in both, and an entry is refused when either
+    would pass its limit. Plain ints: a few adds per enqueue and per dequeue.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("limit", "parent", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, parent: QueueBudget | None = None) -> None:
         self.limit = limit
+        self.parent = parent
         self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes if this budget and its parent both have
+        room for them; False, and nothing counted, if either has not."""
+        parent = self.parent
+        if self.used + size > self.limit or (parent is not None and parent.used + size > parent.limit):
+            return False
+        self.used += size
+        if parent is not None:
+            parent.used += size
+        return True
+
+    def add(self, size: int) -> None:
+        """Count bytes already queued elsewhere, even past the limit (a
+        session moving to another device keeps its queue)."""
+        self.used += size
+        if self.parent is not None:
+            self.parent.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+        if self.parent is not None:
+            self.parent.used -= size
+
+
+class _Device:
+    """One device's sessions and its share of the queue budget."""
+
+    __slots__ = ("budget", "sessions")
+
+    def __init__(self, budget: QueueBudget) -> None:
+        self.budget = budget
+        self.sessions = 0
+
+
+class DeviceQuotas:
+    """Sessions held and queued bytes per device, so that one buggy or
+    hostile device cannot take what all share (``max_sessions``,
+    ``max_queued_bytes``).
+
+    Pure bookkeeping the broker drives: :meth:`attach` when it creates a
+    session, :meth:`detach` when it discards one (after ``Session.end``). A
+    session stays with the device that created it (``Session.owner``: no
+    other device may resume it, Broker.owned_by_other). Anonymous
+    clients (device id None) are not tracked: they have no identity to tell
+    them apart, and anonymous mode is for development and conformance tests,
+    where the broker-wide limits suffice. A limit of 0 is no limit; with both
+    0 nothing is tracked at all.
+    """
+
+    __slots__ = ("_devices", "_owners", "budget", "enabled", "max_bytes", "max_sessions")
+
+    def __init__(self, budget: QueueBudget, *, max_sessions: int, max_bytes: int) -> None:
+        #: The broker-wide budget: the parent of every device's share.
+        self.budget = budget
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.enabled = max_sessions > 0 or max_bytes > 0
+        #: Only devices holding a session: an entry goes with its last session.
+        self._devices: dict[str, _Device] = {}
+        #: client id -> device id of every tracked session.
+        self._owners: dict[str, str] = {}
+
+    def sessions(self, device_id: str | None) -> int:
+        """Sessions held under ``device_id`` (0 for anonymous clients)."""
+        device = self._devices.get(device_id) if device_id is not None else None
+        return device.sessions if device is not None else 0
+
+    def full(self, device_id: str | None) -> bool:
+        """True if ``device_id`` holds ``max_sessions`` sessions: a new one is refused."""
+        return device_id is not None and self.max_sessions > 0 and self.sessions(device_id) >= self.max_sessions
+
+    def owner(self, client_id: str) -> str | None:
+        return self._owners.get(client_id)
+
+    def attach(self, client_id: str, device_id: str | None) -> QueueBudget:
+        """A new session of ``device_id``: counted; returns the budget it queues against."""
+        if device_id is None or not self.enabled:
+            return self.budget
+        if client_id in self._owners:  # not discarded through detach: count it once
+            self.detach(client_id)
+        device = self._devices.get(device_id)
+        if device is None:
+            share = QueueBudget(self.max_bytes, self.budget) if self.max_bytes > 0 else self.budget
+            device = self._devices[device_id] = _Device(share)
+        device.sessions += 1
+        self._owners[client_id] = device_id
+        return device.budget
+
+    def detach(self, client_id: str) -> None:
+        """The session of ``client_id`` was discarded (its queue already given back)."""
+        device_id = self._owners.pop(client_id, None)
+        if device_id is None:
+            return
+        device = self._devices[device_id]
+        device.sessions -= 1
+        if device.sessions <= 0:
+            del self._devices[device_id]
 
 
 def remaining_expiry(expires_at: float, now: float) -> int:
@@ -392,6 +498,7 @@ class Session:
         "inflight",
         "max_queued",
         "next_packet_id",
+        "owner",
         "queue",
         "subscriptions",
         "uid",
@@ -407,8 +514,12 @@ class Session:
         max_queued: int,
         expiry: int = 0,
         budget: QueueBudget | None = None,
+        owner: str | None = None,
     ) -> None:
         self.client_id = client_id
+        #: The device that created the session (None: an anonymous client).
+        #: Only that device may resume or take it over (Broker.owned_by_other).
+        self.owner = owner
         #: Random per session, kept across reconnects: the de-duplication id stem.
         self.uid = uid
         self.expiry = expiry
@@ -558,9 +669,13 @@ class Session:
             size = message.size
             if size < 0:
                 size = queued_size(message)
-            if budget.used + size > budget.limit:
+            # QueueBudget.take, inlined: this runs for every queued delivery.
+            parent = budget.parent
+            if budget.used + size > budget.limit or (parent is not None and parent.used + size > parent.limit):
                 raise BudgetExceeded(self.client_id)
             budget.used += size
+            if parent is not None:
+                parent.used += size
         if not self.queue:
             self.queue = collections.deque()
         self.queue.append((message, qos, retain, sub_ids))
@@ -572,13 +687,20 @@ class Session:
         entry = self.queue.popleft()
         budget = self.budget
         if budget is not None:
-            budget.used -= entry[0].size  # measured by enqueue
+            # QueueBudget.give_back, inlined; the size was measured by enqueue.
+            size = entry[0].size
+            budget.used -= size
+            if budget.parent is not None:
+                budget.parent.used -= size
         return entry
+
+    def _queued_bytes(self) -> int:
+        return sum(entry[0].size for entry in self.queue)
 
     def _release_queue(self) -> None:
         budget = self.budget
         if budget is not None and self.queue:
-            budget.used -= sum(entry[0].size for entry in self.queue)
+            budget.give_back(self._queued_bytes())
         self.queue = ()
 
     def end(self) -> None:

@@ -241,13 +241,22 @@ def test_compose_services_health_and_order() -> None:
 
 
 def test_compose_env_is_valid_config() -> None:
-    """The mqttgate service's environment loads as a Config (with the token filled in)."""
+    """The mqttgate service's environment loads as a Config, as compose fills it
+    when MQTTGATE_API_TOKEN is not set: the token then comes from a file on the
+    service's own volume (the root file system is read-only)."""
     from mqttgate.config import load
 
-    environment = dict(compose()["services"]["mqttgate"]["environment"])
+    gate = compose()["services"]["mqttgate"]
+    environment = dict(gate["environment"])
     assert set(environment) <= SETTINGS
-    environment["MQTTGATE_API_TOKEN"] = "x"  # ${MQTTGATE_API_TOKEN:?...} is filled by compose
+    assert environment["MQTTGATE_API_TOKEN"] == "${MQTTGATE_API_TOKEN:-}"  # optional: no ":?"
+    environment["MQTTGATE_API_TOKEN"] = ""  # what compose substitutes when it is unset
     config = load({}, environment)
+    assert config.api_token is None and config.api_token_file is not None
+    mounts = {volume.split(":", 1)[1]: volume.split(":", 1)[0] for volume in gate["volumes"]}
+    token_dir = os.path.dirname(config.api_token_file)
+    assert token_dir in mounts and mounts[token_dir] in compose()["volumes"]
+    assert gate["read_only"] is True
     assert config.nats_url == "nats://nats:4222"
     assert config.database_url is not None and "@postgres:5432/" in config.database_url
     pg = compose()["services"]["postgres"]["environment"]

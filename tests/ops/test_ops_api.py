@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mqttgate.api.app import create_app
 from mqttgate.broker.stats import BrokerStats
+from mqttgate.forwarder_stats import ForwarderStats
 from tests.broker.raw import RawClient, connect
 from tests.conftest import StartDaemon, make_config, port_of
 from tests.registry.http import request
@@ -222,6 +223,50 @@ async def test_metrics_reads_forwarder_stats_generically() -> None:
     status, body = await get(app, "/readyz")
     assert status == 200
     assert body["checks"]["forwarder"] == "ok"
+
+
+@attrs.define
+class RealStatsForwarder:
+    """The forwarder's real ``ForwarderStats`` (its depth and pending counts are
+    properties over callables, which a plain stand-in field would hide)."""
+
+    stats: ForwarderStats
+
+    def ready(self) -> bool:
+        return True
+
+
+def family_names(text: str) -> list[str]:
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+
+
+async def test_metrics_export_the_real_forwarder_stats_once_each() -> None:
+    # Issue 7 names "forward queue depth" among the metrics; docs/operations.md
+    # lists queue depth, pending acks and connected under mqttgate_forward_*.
+    stats = ForwarderStats(
+        queue_capacity=1000, max_pending=512, queue_depth=lambda: 3, pending_acks=lambda: 5
+    )
+    stats.connected = True
+    stats.forwarded_total[1] = 7
+    stats.failed_total = 2
+    broker = FakeBroker()
+    broker.stats.forward_failed = 2
+    config = make_config()
+    app = create_app(config, broker=broker, forwarder=RealStatsForwarder(stats))
+    status, text = await get(app, "/metrics", token=config.api_token)
+    assert status == 200
+    # A repeated family makes Prometheus reject the whole scrape; the broker's
+    # forward_failed and the forwarder's failed_total used to collide.
+    names = family_names(text)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    values = samples(text)
+    assert values[("mqttgate_forward_queue_depth", ())] == 3
+    assert values[("mqttgate_forward_pending_acks", ())] == 5
+    assert values[("mqttgate_forward_connected", ())] == 1
+    assert values[("mqttgate_forward_queue_capacity", ())] == 1000
+    assert values[("mqttgate_forward_forwarded_total", (("qos", "1"),))] == 7
+    assert values[("mqttgate_forward_failed_total", ())] == 2
+    assert "# TYPE mqttgate_forward_forwarded_total counter" in text
 
 
 class FakeCache:

@@ -17,12 +17,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 class Device:
     """A paho client whose callbacks only enqueue ``(kind, value)``."""
 
-    def __init__(self, port: int, user: str | None, password: str | None, *, v5: bool) -> None:
+    def __init__(
+        self, port: int, user: str | None, password: str | None, *, v5: bool, client_id: str | None = None
+    ) -> None:
         self.port = port
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id="t-" + secrets.token_hex(4),
+            client_id=client_id or "t-" + secrets.token_hex(4),
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         )
         if user is not None:

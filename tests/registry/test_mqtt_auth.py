@@ -4,11 +4,14 @@ isolated from each other by the default ACL."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
 import trio
 
+from mqttgate.logtool import Filter, filter_lines
 from mqttgate.protocol.reasons import ReasonCode as R
 from tests.conftest import StartDaemon, port_of
 from tests.registry.conftest import Daemon, TcpProxy, pg_port, proxied_url, registry_config
@@ -58,6 +61,28 @@ async def test_v311_return_codes_on_the_wire(daemon: Daemon) -> None:
     assert await raw_connect_v311(daemon.mqtt_port, "dev_nobody", "nope") == 4
     await api(daemon, "POST", f"/devices/{device['id']}/disable")
     assert await raw_connect_v311(daemon.mqtt_port, device["mqtt_user"], device["mqtt_password"]) == 5
+
+
+async def test_denials_of_a_device_carry_its_id_for_mqttgate_logs_device(
+    daemon: Daemon, logged: list[MutableMapping[str, Any]]
+) -> None:
+    # Issue 7: `mqttgate logs --device X --event connect_denied` answers "why
+    # was this device refused"; X is the id POST /devices returned.
+    device = await provision(daemon)
+    assert await raw_connect_v311(daemon.mqtt_port, device["mqtt_user"], "nope") == 4
+    await api(daemon, "POST", f"/devices/{device['id']}/disable")
+    assert await raw_connect_v311(daemon.mqtt_port, device["mqtt_user"], device["mqtt_password"]) == 5
+    assert await raw_connect_v311(daemon.mqtt_port, "dev_nobody", "nope") == 4
+    denied = [e for e in logged if e["event"] == "connect_denied"]
+    assert [(e["mqtt_user"], e["device_id"], e["why"]) for e in denied] == [
+        (device["mqtt_user"], device["id"], "bad_password"),
+        (device["mqtt_user"], device["id"], "disabled"),
+        ("dev_nobody", None, "unknown_user"),
+    ]
+    lines = [json.dumps(e, default=str) for e in logged]
+    flt = Filter(devices=frozenset({device["id"]}), events=frozenset({"connect_denied"}))
+    found = [json.loads(line)["why"] for line in filter_lines(lines, flt, as_json=True)]
+    assert found == ["bad_password", "disabled"]
 
 
 @pytest.mark.parametrize("v5", [False, True], ids=["v311", "v5"])
@@ -133,6 +158,28 @@ async def test_devices_are_isolated_by_the_default_acl(daemon: Daemon) -> None:
     assert await old.connect() == 0
     assert await old.subscribe("#") == [0x80]
     await old.close()
+
+
+async def test_a_device_cannot_take_another_devices_client_id(daemon: Daemon) -> None:
+    # The client id is the client's choice; the session behind it is the
+    # device's. Another device gets v5 0x85 / 3.1.1 rc 2 and the owner stays
+    # connected (docs/broker.md "Client identifiers").
+    a_creds, b_creds = await provision(daemon), await provision(daemon)
+    owner = Device(
+        daemon.mqtt_port, a_creds["mqtt_user"], a_creds["mqtt_password"], v5=True, client_id="meter-1"
+    )
+    assert await owner.connect() == 0
+    for v5 in (True, False):
+        intruder = Device(
+            daemon.mqtt_port, b_creds["mqtt_user"], b_creds["mqtt_password"], v5=v5, client_id="meter-1"
+        )
+        assert await intruder.connect() == R.CLIENT_IDENTIFIER_NOT_VALID
+    own = f"devices/{a_creds['mqtt_user']}/echo"
+    assert await owner.subscribe(own) == [1]
+    owner.client.publish(own, b"still here", 1)
+    events = dict([await owner.next(), await owner.next()])
+    assert events == {"puback": 0, "message": (own, b"still here")}
+    await owner.close()
 
 
 async def test_postgres_down_refuses_new_connects_but_connected_devices_keep_publishing(

@@ -1,0 +1,63 @@
+"""MQTTGATE_API_TOKEN_FILE: the API token read from a file, created once when missing."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mqttgate.api.app import api_token
+from mqttgate.config import ConfigError
+from tests.conftest import StartDaemon, make_config, port_of
+from tests.registry.conftest import registry_config
+from tests.registry.http import request
+
+
+def test_missing_file_is_created_private_and_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "api-token"
+    config = make_config(api_token=None, api_token_file=str(path))
+    token = api_token(config, has_registry=True)
+    assert token and len(token) >= 32
+    assert path.read_text().strip() == token
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    err = capsys.readouterr().err
+    assert str(path) in err and token not in err  # shown where it is, never the secret itself
+    assert api_token(config, has_registry=True) == token
+    assert capsys.readouterr().err == ""  # nothing announced when it already existed
+
+
+def test_existing_file_is_used_and_the_variable_wins(tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    path.write_text("from-the-file\n")
+    assert api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True) == "from-the-file"
+    assert api_token(make_config(api_token="from-env", api_token_file=str(path)), has_registry=True) == "from-env"
+    assert path.read_text() == "from-the-file\n"
+
+
+def test_empty_file_gets_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    path.write_text("")
+    token = api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True)
+    assert token and path.read_text().strip() == token
+
+
+def test_unusable_path_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
+    config = make_config(api_token=None, api_token_file=str(tmp_path / "no-such-dir" / "api-token"))
+    with pytest.raises(ConfigError) as caught:
+        api_token(config, has_registry=True)
+    assert "MQTTGATE_API_TOKEN_FILE" in str(caught.value)
+
+
+async def test_daemon_protects_the_api_with_the_file_token(
+    start_daemon: StartDaemon, database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "api-token"
+    config = registry_config(database_url, api_token=None, api_token_file=str(path))
+    port = port_of((await start_daemon(config)).http)
+    token = path.read_text().strip()
+    assert (await request(port, "POST", "/devices", json_body={"type": "t"})).status == 401
+    assert (await request(port, "POST", "/devices", token="wrong", json_body={"type": "t"})).status == 401
+    created = await request(port, "POST", "/devices", token=token, json_body={"type": "t"})
+    assert created.status == 201, created.body
