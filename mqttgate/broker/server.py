@@ -367,8 +367,30 @@ class Broker:
         change cuts each replica's sessions once. ``change`` is "delete",
         "disable", "rotate" or "truncate" (``device_id`` None: every device);
         the reason is :data:`REVOCATION_REASONS`'s. Returns how many.
+
+        A deleted device's sessions go with it: the offline ones now, the
+        ones of the connections being cut when they close (their expiry set
+        to 0), with their delayed Wills. Its queued messages have no reader
+        left, and its client ids become free. A disabled or rotated device
+        keeps its sessions: it is expected back.
         """
-        return self.kick_device(device_id, REVOCATION_REASONS[change])
+        kicked = self.kick_device(device_id, REVOCATION_REASONS[change])
+        if change in ("delete", "truncate"):
+            self._discard_sessions(device_id)
+        return kicked
+
+    def _discard_sessions(self, device_id: str | None) -> None:
+        for client_id in self.device_quotas.client_ids(device_id):
+            target = self.router.target(client_id)
+            if not isinstance(target, SessionHandle):
+                continue
+            target.session.expiry = 0
+            if target.conn is None:
+                self._end_session(client_id, target)
+        for client_id, pending in list(self._pending_wills.items()):
+            owner = pending.identity.device_id
+            if owner is not None and (device_id is None or owner == device_id):
+                del self._pending_wills[client_id]
 
     def device_revoked(self, change: str, device_id: str | None) -> None:
         """RevocationWatcher (mqttgate/store.py): another replica, or a direct
@@ -391,8 +413,8 @@ class Broker:
         knowing another's client id could take over its session: kick it,
         receive what its subscriptions queued, and read its traffic (the
         original gateway's flaw). Only the session's own device may resume
-        it, take it over or replace it with Clean Start; others get 0x87 /
-        rc 5 (docs/broker.md "Client identifiers").
+        it, take it over or replace it with Clean Start; others get 0x85 /
+        rc 2 (docs/broker.md "Client identifiers").
         """
         target = self.router.target(client_id)
         if isinstance(target, SessionHandle) and target.session.owner != device_id:

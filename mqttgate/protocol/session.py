@@ -368,18 +368,17 @@ class DeviceQuotas:
     other device may resume it, Broker.owned_by_other). Anonymous
     clients (device id None) are not tracked: they have no identity to tell
     them apart, and anonymous mode is for development and conformance tests,
-    where the broker-wide limits suffice. A limit of 0 is no limit; with both
-    0 nothing is tracked at all.
+    where the broker-wide limits suffice. A limit of 0 is no limit; sessions
+    are counted even with both at 0 (a deleted device's sessions are found here).
     """
 
-    __slots__ = ("_devices", "_owners", "budget", "enabled", "max_bytes", "max_sessions")
+    __slots__ = ("_devices", "_owners", "budget", "max_bytes", "max_sessions")
 
     def __init__(self, budget: QueueBudget, *, max_sessions: int, max_bytes: int) -> None:
         #: The broker-wide budget: the parent of every device's share.
         self.budget = budget
         self.max_sessions = max_sessions
         self.max_bytes = max_bytes
-        self.enabled = max_sessions > 0 or max_bytes > 0
         #: Only devices holding a session: an entry goes with its last session.
         self._devices: dict[str, _Device] = {}
         #: client id -> device id of every tracked session.
@@ -397,9 +396,16 @@ class DeviceQuotas:
     def owner(self, client_id: str) -> str | None:
         return self._owners.get(client_id)
 
+    def client_ids(self, device_id: str | None) -> list[str]:
+        """The client ids of ``device_id``'s sessions (None: of every device).
+        A scan: only for the rare device deletion."""
+        return [c for c, d in self._owners.items() if device_id is None or d == device_id]
+
     def attach(self, client_id: str, device_id: str | None) -> QueueBudget:
         """A new session of ``device_id``: counted; returns the budget it queues against."""
-        if device_id is None or not self.enabled:
+        # Counted even with both limits 0: a deleted device's sessions are
+        # found here (:meth:`client_ids`).
+        if device_id is None:
             return self.budget
         if client_id in self._owners:  # not discarded through detach: count it once
             self.detach(client_id)

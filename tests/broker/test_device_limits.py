@@ -353,6 +353,38 @@ async def test_another_devices_session_is_neither_resumed_nor_taken_over(
             await client.aclose()
 
 
+async def test_a_deleted_devices_sessions_go_and_its_client_ids_are_free(
+    nursery: trio.Nursery,
+) -> None:
+    broker = broker_with(max_sessions_per_device=0, max_queued_bytes_per_device=0)  # tracked anyway
+    port = await start(nursery, broker)
+    with trio.fail_after(10):
+        await offline_subscriber(port, "a", "a-offline", "q/#")
+        live, connack = await open_as(port, "a", "a-live", clean=False)
+        assert connack == bytes([0x20, 2, 0, 0])
+        await offline_subscriber(port, "c", "c-offline", "q/#")
+        pub, _ = await open_as(port, "p", "pub")
+        await publish_acked(pub, 1)
+        used = broker.queue_budget.used
+        assert used == 2 * ENTRY  # queued for both offline sessions
+
+        broker.revoke_device("dev-a", "disable")  # expected back: sessions kept
+        assert await live.eof()
+        await until(lambda: broker.router.target("a-live") is not None and session_of(broker, "a-live").owner)
+        assert session_of(broker, "a-offline").owner == "dev-a"
+
+        broker.revoke_device("dev-a", "delete")
+        await until(lambda: broker.router.target("a-live") is None)
+        assert broker.router.target("a-offline") is None
+        assert broker.queue_budget.used == ENTRY  # only c's queued message is left
+        assert session_of(broker, "c-offline").owner == "dev-c"
+        # The ids are free: another device gets a new session under them.
+        other, connack = await open_as(port, "b", "a-offline", clean=False)
+        assert connack == bytes([0x20, 2, 0, 0])
+        for client in (other, pub):
+            await client.aclose()
+
+
 async def test_anonymous_client_and_device_do_not_share_a_session(nursery: trio.Nursery) -> None:
     broker = broker_with()
     port = await start(nursery, broker)

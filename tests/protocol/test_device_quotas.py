@@ -89,17 +89,28 @@ def test_a_client_id_attached_twice_counts_once() -> None:
     assert quotas.sessions("d") == 1
 
 
-def test_anonymous_clients_and_disabled_limits_are_not_tracked() -> None:
+def test_anonymous_clients_are_not_tracked_and_limits_0_do_not_limit() -> None:
     broker = QueueBudget(1000)
     quotas = DeviceQuotas(broker, max_sessions=1, max_bytes=100)
     for i in range(3):
         assert quotas.attach(f"anon{i}", None) is broker
     assert not quotas.full(None) and quotas.sessions(None) == 0
-    assert quotas.owner("anon0") is None
+    assert quotas.owner("anon0") is None and quotas.client_ids(None) == []
     off = DeviceQuotas(broker, max_sessions=0, max_bytes=0)
     for i in range(3):
         assert off.attach(f"c{i}", "d") is broker
-    assert not off.full("d") and off.sessions("d") == 0
+    # Counted all the same (a deleted device's sessions are found), never refused.
+    assert not off.full("d") and off.sessions("d") == 3
+
+
+def test_client_ids_of_a_device_and_of_all_devices() -> None:
+    quotas = DeviceQuotas(QueueBudget(1000), max_sessions=0, max_bytes=0)
+    for client_id, device_id in (("a1", "a"), ("b1", "b"), ("a2", "a"), ("anon", None)):
+        quotas.attach(client_id, device_id)
+    assert sorted(quotas.client_ids("a")) == ["a1", "a2"]
+    assert sorted(quotas.client_ids(None)) == ["a1", "a2", "b1"]
+    quotas.detach("a1")
+    assert quotas.client_ids("a") == ["a2"] and quotas.client_ids("nobody") == []
 
 
 def test_session_limit_alone_queues_against_the_broker_budget() -> None:
