@@ -536,6 +536,9 @@ class Config:
             value = getattr(self, field.name)
             if field.metadata["secret"]:
                 out[field.name] = "set" if value else "unset"
+            elif value is None:
+                # As --help shows it ("off", "none"), not Python's "None".
+                out[field.name] = str(field.metadata["shown_default"] or "none")
             else:
                 # A URL may carry credentials (nats://user:pass@host): mask them.
                 out[field.name] = _URL_USERINFO.sub(r"\1***@", str(value))

@@ -88,6 +88,14 @@ def test_secrets_are_masked_in_repr_and_public_dict() -> None:
     assert public["database_url"] == "set"
 
 
+def test_public_dict_shows_unset_settings_as_help_does() -> None:
+    # The `starting` log event: "off" / "none" as in --help, never Python's "None".
+    public = load([], {}).public_dict()
+    assert public["mqtts_listen"] == "off"
+    assert public["api_token_file"] == "none"
+    assert "None" not in public.values()
+
+
 def test_every_setting_has_help_and_follows_the_naming_pattern() -> None:
     for field in cfg.settings():
         assert field.metadata["help"], field.name
