@@ -334,13 +334,6 @@ class QueueBudget:
             parent.used += size
         return True
 
-    def add(self, size: int) -> None:
-        """Count bytes already queued elsewhere, even past the limit (a
-        session moving to another device keeps its queue)."""
-        self.used += size
-        if self.parent is not None:
-            self.parent.used += size
-
     def give_back(self, size: int) -> None:
         self.used -= size
         if self.parent is not None:
@@ -700,13 +693,10 @@ class Session:
                 budget.parent.used -= size
         return entry
 
-    def _queued_bytes(self) -> int:
-        return sum(entry[0].size for entry in self.queue)
-
     def _release_queue(self) -> None:
         budget = self.budget
         if budget is not None and self.queue:
-            budget.give_back(self._queued_bytes())
+            budget.give_back(sum(entry[0].size for entry in self.queue))
         self.queue = ()
 
     def end(self) -> None:
