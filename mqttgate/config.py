@@ -363,8 +363,9 @@ class Config:
     # max_sessions. docs/broker.md "Session memory".
     max_sessions_per_device: int = setting(
         100, int_range(0),
-        "Sessions held under one device id; a CONNECT that would create another gets 0x97 / rc 3 "
-        "(0 = no per-device limit; anonymous clients are not counted)",
+        "Persistent sessions (Session Expiry > 0, 3.1.1 clean session 0) held under one device id; "
+        "a CONNECT that would add another gets 0x97 / rc 3 (0 = no per-device limit; anonymous "
+        "clients and sessions that end with their connection are not counted)",
     )
     # A fixed size, not a fraction of max_queued_bytes: a quarter of its
     # default, and raising the global budget for more devices does not let

@@ -501,6 +501,11 @@ class Connection(InboundPublishes):
                 why=OTHER_DEVICES_CLIENT_ID, device_id=identity.device_id,
             )
             return False
+        refused = broker.device_limit_reached(self, plan.client_id, plan.session_expiry > 0)
+        if refused is not None:
+            # Before the takeover too: a refused CONNECT ends nothing.
+            self._refuse(*_OPEN_REFUSAL[refused], why=refused, device_id=identity.device_id)
+            return False
         await broker.take_over(self, plan.client_id)
         if self.close_reason is not None:
             return False

@@ -456,45 +456,51 @@ class Broker:
         return float(min(self.config.takeover_flap_delay * 2 ** (excess - 1), _FLAP_MAX_DELAY))
 
     def session_limit_reached(self, conn: Connection, client_id: str) -> str | None:
-        """The limit a new session for ``client_id`` would pass, or None.
-
-        ``"max_sessions"`` (the broker holds that many) or
-        ``"max_sessions_per_device"`` (``conn``'s device holds that many;
-        before authentication the device is unknown and only the first is
-        checked). None also when ``client_id`` has a session: resuming,
-        taking over or replacing one is never refused. Logs
-        ``session_limit_reached`` (at most once per 10 s and limit, with the
-        number of refusals not logged since); the caller refuses the
-        CONNECT, which also logs ``connect_denied``.
+        """``"max_sessions"`` if a new session for ``client_id`` would pass
+        the broker's session limit, else None (also when ``client_id`` has a
+        session: resuming, taking over or replacing one is never refused by
+        this limit). Checked before authentication too (a refused client
+        costs no argon2 verify). Logs ``session_limit_reached``; the caller
+        refuses the CONNECT, which also logs ``connect_denied``.
         """
-        config = self.config
-        device_id = conn.identity.device_id
+        held, cap = self.stats.sessions_count, self.config.max_sessions
+        if held < cap or self.router.target(client_id) is not None:
+            return None
+        self._log_session_limit(conn, client_id, "max_sessions", held, cap)
+        return "max_sessions"
+
+    def device_limit_reached(self, conn: Connection, client_id: str, persistent: bool) -> str | None:
+        """``"max_sessions_per_device"`` if ``conn``'s device would hold one
+        persistent session more than its cap (a new persistent session, or a
+        session that only now gets an expiry), else None."""
         quotas = self.device_quotas
-        if self.stats.sessions_count < config.max_sessions and not quotas.full(device_id):
+        device_id = conn.identity.device_id
+        if not persistent or quotas.is_persistent(client_id) or not quotas.full(device_id):
             return None
-        if self.router.target(client_id) is not None:
-            return None
-        if self.stats.sessions_count >= config.max_sessions:
-            limit, held, cap = "max_sessions", self.stats.sessions_count, config.max_sessions
-        else:
-            limit, held, cap = "max_sessions_per_device", quotas.sessions(device_id), quotas.max_sessions
+        limit = "max_sessions_per_device"
+        self._log_session_limit(conn, client_id, limit, quotas.persistent(device_id), quotas.max_sessions)
+        return limit
+
+    def _log_session_limit(self, conn: Connection, client_id: str, limit: str, held: int, cap: int) -> None:
+        """``session_limit_reached``, at most once per 10 s and limit, with
+        the number of refusals not logged since: a device retrying at its
+        cap does not hide the broker filling up."""
         now = trio.current_time()
         state = self._session_limit_log.setdefault(limit, [-math.inf, 0])
         if now < state[0] + _SESSION_LIMIT_LOG_INTERVAL:
             state[1] += 1
-        else:
-            log.warning(
-                "session_limit_reached",
-                conn_id=conn.conn_id,
-                client_id=client_id,
-                device_id=device_id,
-                limit=limit,
-                sessions=held,
-                suppressed=int(state[1]),
-                **{limit: cap},
-            )
-            state[0], state[1] = now, 0
-        return limit
+            return
+        log.warning(
+            "session_limit_reached",
+            conn_id=conn.conn_id,
+            client_id=client_id,
+            device_id=conn.identity.device_id,
+            limit=limit,
+            sessions=held,
+            suppressed=int(state[1]),
+            **{limit: cap},
+        )
+        state[0], state[1] = now, 0
 
     def _end_session(self, client_id: str, handle: SessionHandle) -> None:
         """Discard a session: out of the router, its queued bytes back to the budget."""
@@ -507,7 +513,7 @@ class Broker:
     ) -> tuple[SessionHandle, bool] | str:
         """Resume or create the session of ``conn``; returns it and Session
         Present, or the limit a new session would pass (``max_sessions``,
-        ``max_sessions_per_device``: :meth:`session_limit_reached`)."""
+        ``max_sessions_per_device``), or that another device owns it."""
         client_id = plan.client_id
         target = self.router.target(client_id)
         handle = target if isinstance(target, SessionHandle) else None
@@ -521,6 +527,11 @@ class Broker:
             refused = self.session_limit_reached(conn, client_id)
             if refused is not None:
                 return refused
+        persistent = plan.session_expiry > 0
+        # Checked before the takeover; again here in case it waited.
+        refused = self.device_limit_reached(conn, client_id, persistent)
+        if refused is not None:
+            return refused
         pending = self._pending_wills.pop(client_id, None)
         if handle is not None and clean:
             # v5 [MQTT-3.1.2-4], v311 [MQTT-3.1.2-6]: Clean Start discards the old session.
@@ -535,7 +546,7 @@ class Broker:
                 secrets.token_hex(8),
                 max_queued=self.config.max_queued_messages,
                 expiry=plan.session_expiry,
-                budget=self.device_quotas.attach(client_id, device_id),
+                budget=self.device_quotas.attach(client_id, device_id, persistent=persistent),
                 owner=device_id,
             )
             handle = SessionHandle(
@@ -545,6 +556,8 @@ class Broker:
             present = False
         else:
             handle.session.expiry = plan.session_expiry
+            if persistent:
+                self.device_quotas.make_persistent(client_id)
             present = True
         handle.epoch += 1
         handle.conn = conn

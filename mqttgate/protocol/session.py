@@ -343,11 +343,14 @@ class QueueBudget:
 class _Device:
     """One device's sessions and its share of the queue budget."""
 
-    __slots__ = ("budget", "sessions")
+    __slots__ = ("budget", "persistent", "sessions")
 
     def __init__(self, budget: QueueBudget) -> None:
         self.budget = budget
+        #: All its sessions, connected or not: the entry lives while any does.
         self.sessions = 0
+        #: Those that outlive their connection: what ``max_sessions`` caps.
+        self.persistent = 0
 
 
 class DeviceQuotas:
@@ -356,16 +359,24 @@ class DeviceQuotas:
     ``max_queued_bytes``).
 
     Pure bookkeeping the broker drives: :meth:`attach` when it creates a
-    session, :meth:`detach` when it discards one (after ``Session.end``). A
-    session stays with the device that created it (``Session.owner``: no
-    other device may resume it, Broker.owned_by_other). Anonymous
-    clients (device id None) are not tracked: they have no identity to tell
-    them apart, and anonymous mode is for development and conformance tests,
-    where the broker-wide limits suffice. A limit of 0 is no limit; sessions
-    are counted even with both at 0 (a deleted device's sessions are found here).
+    session, :meth:`make_persistent` when a resume gives a session an expiry
+    it did not have, :meth:`detach` when it discards one (after
+    ``Session.end``). A session stays with the device that created it
+    (``Session.owner``: no other device may resume it, Broker.owned_by_other).
+
+    The session cap counts *persistent* sessions only (Session Expiry > 0,
+    3.1.1 clean session 0): those are what outlives a connection and piles
+    up. Sessions that end with their connection are bounded by
+    ``max_connections`` like every connection, so fleets or load tests that
+    share one credential over many clean connections are not refused.
+    Anonymous clients (device id None) are not tracked: they have no identity
+    to tell them apart, and anonymous mode is for development and conformance
+    tests, where the broker-wide limits suffice. A limit of 0 is no limit;
+    sessions are counted even with both at 0 (a deleted device's sessions are
+    found here).
     """
 
-    __slots__ = ("_devices", "_owners", "budget", "max_bytes", "max_sessions")
+    __slots__ = ("_devices", "_owners", "_persistent", "budget", "max_bytes", "max_sessions")
 
     def __init__(self, budget: QueueBudget, *, max_sessions: int, max_bytes: int) -> None:
         #: The broker-wide budget: the parent of every device's share.
@@ -376,15 +387,28 @@ class DeviceQuotas:
         self._devices: dict[str, _Device] = {}
         #: client id -> device id of every tracked session.
         self._owners: dict[str, str] = {}
+        #: The client ids of ``_owners`` counted as persistent.
+        self._persistent: set[str] = set()
 
     def sessions(self, device_id: str | None) -> int:
         """Sessions held under ``device_id`` (0 for anonymous clients)."""
         device = self._devices.get(device_id) if device_id is not None else None
         return device.sessions if device is not None else 0
 
+    def persistent(self, device_id: str | None) -> int:
+        """Persistent sessions held under ``device_id`` (what the cap counts)."""
+        device = self._devices.get(device_id) if device_id is not None else None
+        return device.persistent if device is not None else 0
+
+    def is_persistent(self, client_id: str) -> bool:
+        return client_id in self._persistent
+
     def full(self, device_id: str | None) -> bool:
-        """True if ``device_id`` holds ``max_sessions`` sessions: a new one is refused."""
-        return device_id is not None and self.max_sessions > 0 and self.sessions(device_id) >= self.max_sessions
+        """True if ``device_id`` holds ``max_sessions`` persistent sessions:
+        another one is refused."""
+        return (
+            device_id is not None and self.max_sessions > 0 and self.persistent(device_id) >= self.max_sessions
+        )
 
     def owner(self, client_id: str) -> str | None:
         return self._owners.get(client_id)
@@ -394,10 +418,8 @@ class DeviceQuotas:
         A scan: only for the rare device deletion."""
         return [c for c, d in self._owners.items() if device_id is None or d == device_id]
 
-    def attach(self, client_id: str, device_id: str | None) -> QueueBudget:
+    def attach(self, client_id: str, device_id: str | None, *, persistent: bool) -> QueueBudget:
         """A new session of ``device_id``: counted; returns the budget it queues against."""
-        # Counted even with both limits 0: a deleted device's sessions are
-        # found here (:meth:`client_ids`).
         if device_id is None:
             return self.budget
         if client_id in self._owners:  # not discarded through detach: count it once
@@ -408,7 +430,19 @@ class DeviceQuotas:
             device = self._devices[device_id] = _Device(share)
         device.sessions += 1
         self._owners[client_id] = device_id
+        if persistent:
+            device.persistent += 1
+            self._persistent.add(client_id)
         return device.budget
+
+    def make_persistent(self, client_id: str) -> None:
+        """A tracked session got an expiry on resume: count it as persistent
+        (once; the broker checks :meth:`full` first)."""
+        device_id = self._owners.get(client_id)
+        if device_id is None or client_id in self._persistent:
+            return
+        self._devices[device_id].persistent += 1
+        self._persistent.add(client_id)
 
     def detach(self, client_id: str) -> None:
         """The session of ``client_id`` was discarded (its queue already given back)."""
@@ -417,6 +451,9 @@ class DeviceQuotas:
             return
         device = self._devices[device_id]
         device.sessions -= 1
+        if client_id in self._persistent:
+            self._persistent.discard(client_id)
+            device.persistent -= 1
         if device.sessions <= 0:
             del self._devices[device_id]
 

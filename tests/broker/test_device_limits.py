@@ -76,11 +76,15 @@ def connect_as(
     return frame(0x10, body + s(client_id) + s(user))
 
 
+#: v5 CONNECT properties with Session Expiry Interval 60 s: a persistent session.
+EXPIRY_60 = b"\x05\x11\x00\x00\x00\x3c"
+
+
 async def open_as(
-    port: int, user: str, client_id: str, *, version: int = 4, clean: bool = True
+    port: int, user: str, client_id: str, *, version: int = 4, clean: bool = True, props: bytes = b"\x00"
 ) -> tuple[RawClient, bytes | None]:
     client = await RawClient.open(port)
-    await client.send(connect_as(user, client_id, version=version, clean=clean))
+    await client.send(connect_as(user, client_id, version=version, clean=clean, props=props))
     return client, await client.packet()
 
 
@@ -96,36 +100,55 @@ async def offline_subscriber(port: int, user: str, client_id: str, topic_filter:
 async def test_per_device_session_cap_refuses_new_ids_of_that_device_only(
     nursery: trio.Nursery, logged: list[MutableMapping[str, Any]]
 ) -> None:
+    # The cap counts persistent sessions (3.1.1 clean session 0, v5 Session
+    # Expiry > 0): those outlive their connection and pile up.
     broker = broker_with(max_sessions_per_device=2)
+    quotas = broker.device_quotas
     port = await start(nursery, broker)
     with trio.fail_after(10):
-        await offline_subscriber(port, "a", "a-keep", "k")  # offline persistent
-        live, connack = await open_as(port, "a", "a-live", version=5)  # connected, clean
+        await offline_subscriber(port, "a", "a-keep", "k")  # offline persistent (3.1.1)
+        live, connack = await open_as(port, "a", "a-live", version=5, clean=False, props=EXPIRY_60)
         assert connack_reason(connack) == 0
-        assert broker.device_quotas.sessions("dev-a") == 2
+        assert quotas.persistent("dev-a") == 2
 
-        # A third client id of device "a" would be a new session: refused
-        # like max_sessions, v5 CONNACK 0x97 with Session Present 0...
-        refused5, connack = await open_as(port, "a", "a-new5", version=5)
+        # Clean sessions of the device at its cap still connect: they end
+        # with their connection, bounded by max_connections like any.
+        clean = []
+        for i in range(3):
+            client, connack = await open_as(port, "a", f"a-clean{i}", version=5)
+            assert connack_reason(connack) == 0
+            clean.append(client)
+        assert quotas.sessions("dev-a") == 5 and quotas.persistent("dev-a") == 2
+
+        # A third persistent session of device "a" is refused like
+        # max_sessions: v5 CONNACK 0x97 with Session Present 0...
+        refused5, connack = await open_as(port, "a", "a-new5", version=5, clean=False, props=EXPIRY_60)
         assert connack_reason(connack) == QUOTA_EXCEEDED
         assert connack is not None and connack[2] == 0  # v5 [MQTT-3.2.2-6]: Session Present 0
         assert s(PER_DEVICE_DETAIL) in connack  # Reason String
         # v5 [MQTT-3.2.2-7]: a CONNACK with a Reason Code >= 0x80 is followed by the close.
         assert await refused5.eof()
         # ...3.1.1 return code 3, Server unavailable (v311 [MQTT-3.2.2-4]: Session Present 0).
-        refused4, connack = await open_as(port, "a", "a-new4", version=4)
+        refused4, connack = await open_as(port, "a", "a-new4", version=4, clean=False)
         assert connack == bytes([0x20, 2, 0, 3])
         assert await refused4.eof()
+        # Taking over a clean session with an expiry would make a new
+        # persistent one: refused too, and the clean session's owner stays.
+        converted, connack = await open_as(port, "a", "a-clean0", version=5, clean=False, props=EXPIRY_60)
+        assert connack_reason(connack) == QUOTA_EXCEEDED
+        assert await converted.eof()
+        await clean[0].send(frame(0xC0, b""))
+        assert await clean[0].packet() == bytes([0xD0, 0])
 
         # Another device still gets in, while device "a" is at its cap.
-        other, connack = await open_as(port, "b", "b-1", version=5)
-        assert connack_reason(connack) == 0
+        other, connack = await open_as(port, "b", "b-1", version=4, clean=False)
+        assert connack == bytes([0x20, 2, 0, 0])
 
-        # Resuming a session of the device at its cap is never refused.
+        # Resuming a persistent session of the device at its cap is never refused.
         keep, connack = await open_as(port, "a", "a-keep", clean=False)
         assert connack == bytes([0x20, 2, 1, 0])  # Session Present 1
         # Nor is taking one over (v5 [MQTT-3.1.4-3]: the old connection gets 0x8E).
-        again, connack = await open_as(port, "a", "a-live", version=5)
+        again, connack = await open_as(port, "a", "a-live", version=5, clean=False, props=EXPIRY_60)
         assert connack_reason(connack) == 0
         old = await live.packet()
         assert old is not None and old[0] == 0xE0 and old[2] == 0x8E
@@ -133,22 +156,20 @@ async def test_per_device_session_cap_refuses_new_ids_of_that_device_only(
         fresh, connack = await open_as(port, "a", "a-keep", clean=True)
         assert connack == bytes([0x20, 2, 0, 0])
         assert await keep.eof()
-        assert broker.device_quotas.sessions("dev-a") == 2
-        assert broker.stats.sessions_count == 3
-        assert broker.stats.connects_denied == {"QUOTA_EXCEEDED": 2}
+        assert quotas.persistent("dev-a") == 1  # a-keep is a clean session now
+        assert broker.stats.connects_denied == {"QUOTA_EXCEEDED": 3}
 
-        # One of the device's sessions ends: a new client id of it gets in.
-        await hang_up(fresh)  # clean: the session ends with the connection
-        assert broker.device_quotas.sessions("dev-a") == 1
-        newcomer, connack = await open_as(port, "a", "a-new4", version=4)
+        # A persistent session of a new client id fits again.
+        newcomer, connack = await open_as(port, "a", "a-new4", version=4, clean=False)
         assert connack == bytes([0x20, 2, 0, 0])
-        assert broker.device_quotas.sessions("dev-a") == 2
-        for client in (newcomer, again, other):
+        assert quotas.persistent("dev-a") == 2
+        for client in (newcomer, again, other, fresh, *clean):
             await client.aclose()
     denied = [e for e in logged if e["event"] == "connect_denied"]
     assert [(e["client_id"], e["device_id"], e["reason"], e["why"]) for e in denied] == [
         ("a-new5", "dev-a", "QUOTA_EXCEEDED", "max_sessions_per_device"),
         ("a-new4", "dev-a", "QUOTA_EXCEEDED", "max_sessions_per_device"),
+        ("a-clean0", "dev-a", "QUOTA_EXCEEDED", "max_sessions_per_device"),
     ]
     # The same warning as max_sessions, told apart by `limit`; one per 10 s.
     reached = [e for e in logged if e["event"] == "session_limit_reached"]
@@ -166,9 +187,9 @@ async def test_global_and_per_device_warnings_are_throttled_apart(
     broker = broker_with(max_sessions=2, max_sessions_per_device=1)
     port = await start(nursery, broker)
     with trio.fail_after(10):
-        a, connack = await open_as(port, "a", "a-1")
+        a, connack = await open_as(port, "a", "a-1", clean=False)
         assert connack == bytes([0x20, 2, 0, 0])
-        refused, connack = await open_as(port, "a", "a-2")
+        refused, connack = await open_as(port, "a", "a-2", clean=False)
         assert connack == bytes([0x20, 2, 0, 3])
         b, connack = await open_as(port, "b", "b-1")
         assert connack == bytes([0x20, 2, 0, 0])
@@ -192,7 +213,8 @@ async def test_paho_client_of_a_device_at_its_cap_is_refused_others_connect(
     run = trio.to_thread.run_sync
 
     def client(user: str, client_id: str) -> Paho:
-        paho = Paho(port, client_id, version)
+        # Persistent sessions: what the per-device cap counts.
+        paho = Paho(port, client_id, version, clean=False, expiry=60 if version == V5 else None)
         paho.client.username_pw_set(user)
         paho.client.reconnect_delay_set(60, 60)  # one CONNECT per client here
         return paho

@@ -65,12 +65,12 @@ def test_session_over_its_device_share_raises_the_budget_error() -> None:
 def test_device_sessions_are_counted_and_capped() -> None:
     quotas = DeviceQuotas(QueueBudget(1000), max_sessions=2, max_bytes=100)
     assert not quotas.full("d")
-    first = quotas.attach("c1", "d")
-    assert quotas.attach("c2", "d") is first  # one share per device
+    first = quotas.attach("c1", "d", persistent=True)
+    assert quotas.attach("c2", "d", persistent=True) is first  # one share per device
     assert first.parent is quotas.budget and first.limit == 100
     assert quotas.sessions("d") == 2 and quotas.full("d")
     assert not quotas.full("e")  # other devices are not affected
-    assert quotas.attach("c3", "e") is not first
+    assert quotas.attach("c3", "e", persistent=True) is not first
     quotas.detach("c1")
     assert quotas.sessions("d") == 1 and not quotas.full("d")
     quotas.detach("c1")  # idempotent
@@ -79,13 +79,13 @@ def test_device_sessions_are_counted_and_capped() -> None:
     # The last session gone, the device is forgotten (memory per device
     # is bounded by the sessions held) and starts with a fresh share.
     assert quotas.sessions("d") == 0 and "d" not in quotas._devices
-    assert quotas.attach("c1", "d") is not first
+    assert quotas.attach("c1", "d", persistent=True) is not first
 
 
 def test_a_client_id_attached_twice_counts_once() -> None:
     quotas = DeviceQuotas(QueueBudget(1000), max_sessions=5, max_bytes=100)
-    quotas.attach("c", "d")
-    quotas.attach("c", "d")
+    quotas.attach("c", "d", persistent=True)
+    quotas.attach("c", "d", persistent=True)
     assert quotas.sessions("d") == 1
 
 
@@ -93,12 +93,12 @@ def test_anonymous_clients_are_not_tracked_and_limits_0_do_not_limit() -> None:
     broker = QueueBudget(1000)
     quotas = DeviceQuotas(broker, max_sessions=1, max_bytes=100)
     for i in range(3):
-        assert quotas.attach(f"anon{i}", None) is broker
+        assert quotas.attach(f"anon{i}", None, persistent=True) is broker
     assert not quotas.full(None) and quotas.sessions(None) == 0
     assert quotas.owner("anon0") is None and quotas.client_ids(None) == []
     off = DeviceQuotas(broker, max_sessions=0, max_bytes=0)
     for i in range(3):
-        assert off.attach(f"c{i}", "d") is broker
+        assert off.attach(f"c{i}", "d", persistent=True) is broker
     # Counted all the same (a deleted device's sessions are found), never refused.
     assert not off.full("d") and off.sessions("d") == 3
 
@@ -106,7 +106,7 @@ def test_anonymous_clients_are_not_tracked_and_limits_0_do_not_limit() -> None:
 def test_client_ids_of_a_device_and_of_all_devices() -> None:
     quotas = DeviceQuotas(QueueBudget(1000), max_sessions=0, max_bytes=0)
     for client_id, device_id in (("a1", "a"), ("b1", "b"), ("a2", "a"), ("anon", None)):
-        quotas.attach(client_id, device_id)
+        quotas.attach(client_id, device_id, persistent=True)
     assert sorted(quotas.client_ids("a")) == ["a1", "a2"]
     assert sorted(quotas.client_ids(None)) == ["a1", "a2", "b1"]
     quotas.detach("a1")
@@ -116,9 +116,29 @@ def test_client_ids_of_a_device_and_of_all_devices() -> None:
 def test_session_limit_alone_queues_against_the_broker_budget() -> None:
     broker = QueueBudget(1000)
     quotas = DeviceQuotas(broker, max_sessions=1, max_bytes=0)
-    assert quotas.attach("c", "d") is broker
+    assert quotas.attach("c", "d", persistent=True) is broker
     assert quotas.full("d")
     bytes_only = DeviceQuotas(broker, max_sessions=0, max_bytes=100)
     for i in range(200):
-        bytes_only.attach(f"c{i}", "d")
+        bytes_only.attach(f"c{i}", "d", persistent=True)
     assert not bytes_only.full("d") and bytes_only.sessions("d") == 200
+
+
+def test_only_persistent_sessions_count_against_the_cap() -> None:
+    # Sessions that end with their connection are bounded by max_connections;
+    # the cap is for what piles up (docs/broker.md "Session memory").
+    quotas = DeviceQuotas(QueueBudget(1000), max_sessions=1, max_bytes=0)
+    for i in range(5):
+        quotas.attach(f"clean{i}", "d", persistent=False)
+    assert quotas.sessions("d") == 5 and quotas.persistent("d") == 0 and not quotas.full("d")
+    quotas.attach("kept", "d", persistent=True)
+    assert quotas.persistent("d") == 1 and quotas.full("d") and quotas.is_persistent("kept")
+    quotas.detach("kept")
+    assert not quotas.full("d")
+    # A clean session resumed with an expiry becomes persistent (once).
+    quotas.make_persistent("clean0")
+    quotas.make_persistent("clean0")
+    assert quotas.persistent("d") == 1 and quotas.is_persistent("clean0")
+    quotas.make_persistent("unknown")  # not tracked: nothing happens
+    quotas.detach("clean0")
+    assert quotas.persistent("d") == 0 and quotas.sessions("d") == 4
