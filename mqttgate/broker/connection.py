@@ -354,8 +354,8 @@ class Connection(InboundPublishes):
                     if self.connected:
                         broker.stats.keepalive_timeouts += 1
                         log.info(
-                            "keepalive_timeout",
-                            conn_id=self.conn_id, client_id=self.client_id, keepalive=self.keepalive,
+                            "keepalive_timeout", conn_id=self.conn_id, client_id=self.client_id,
+                            device_id=self.identity.device_id, keepalive=self.keepalive,
                         )
                         self.close_reason = _R.KEEP_ALIVE_TIMEOUT
                     elif self.handle is None:
@@ -701,7 +701,10 @@ class Connection(InboundPublishes):
                     if handle.since + overload.max_pause <= deadline:
                         handle.slow = True
                         overload.remove(handle)
-                        log.info("subscriber_slow", client_id=handle.session.client_id, conn_id=self.conn_id)
+                        log.info(
+                            "subscriber_slow", client_id=handle.session.client_id,
+                            device_id=handle.session.owner, conn_id=self.conn_id,
+                        )
                 continue
             self.waits_for = pending
             if overload.event is None:
@@ -720,6 +723,7 @@ class Connection(InboundPublishes):
             "protocol_error",
             conn_id=self.conn_id,
             client_id=self.client_id,
+            device_id=self.identity.device_id,
             peer=self.peer,
             reason=error.reason.name,
             detail=error.message,

@@ -267,6 +267,7 @@ class SessionHandle:
                     "outbox_overflow",
                     conn_id=conn.conn_id,
                     client_id=session.client_id,
+                    device_id=session.owner,
                     queued=len(session.queue),
                     limit="max_queued_bytes" if budget else "max_queued_messages",
                 )

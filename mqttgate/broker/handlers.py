@@ -132,6 +132,7 @@ def on_subscribe(conn: Connection, packet: Subscribe) -> None:
                 "subscribe_denied",
                 conn_id=conn.conn_id,
                 client_id=conn.client_id,
+                device_id=conn.identity.device_id,
                 topic_filter=topic_filter,
             )
             codes.append(_R.NOT_AUTHORIZED)

@@ -141,7 +141,10 @@ class InboundPublishes:
         acl = self.acl
         if acl is not None and not acl.may_publish(topic):
             stats.publish_denied += 1
-            log.debug("publish_denied", conn_id=self.conn_id, client_id=self.client_id, topic=topic)
+            log.debug(
+                "publish_denied", conn_id=self.conn_id, client_id=self.client_id,
+                device_id=self.identity.device_id, topic=topic,
+            )
             if qos:
                 code = _R.NOT_AUTHORIZED if self.version == _V5 else _R.SUCCESS
                 if qos == 2 and self.version != _V5:
@@ -388,7 +391,10 @@ class InboundPublishes:
                     reason = _R.TOPIC_NAME_INVALID
             except ForwardFailed as failure:
                 stats.forward_failed += 1
-                log.warning("forward_failed", conn_id=self.conn_id, client_id=self.client_id, detail=str(failure))
+                log.warning(
+                    "forward_failed", conn_id=self.conn_id, client_id=self.client_id,
+                    device_id=self.identity.device_id, detail=str(failure),
+                )
                 if self.version != _V5:
                     # 3.1.1 has no negative ack: disconnect so it retransmits.
                     self._unconfirm_pending()

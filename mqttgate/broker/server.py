@@ -338,7 +338,10 @@ class Broker:
         conn = target.conn if isinstance(target, SessionHandle) else None
         if conn is None:
             return False
-        log.info("client_kicked", conn_id=conn.conn_id, client_id=client_id, reason=reason.name)
+        log.info(
+            "client_kicked", conn_id=conn.conn_id, client_id=client_id,
+            device_id=conn.identity.device_id, reason=reason.name,
+        )
         conn.kick(reason)
         return True
 
@@ -353,7 +356,10 @@ class Broker:
                 continue
             owner = conn.identity.device_id
             if owner is not None and (device_id is None or owner == device_id):
-                log.info("client_kicked", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason.name)
+                log.info(
+                    "client_kicked", conn_id=conn.conn_id, client_id=conn.client_id,
+                    device_id=owner, reason=reason.name,
+                )
                 conn.kick(reason)
                 kicked += 1
         return kicked
@@ -434,13 +440,19 @@ class Broker:
                 first = False
                 delay = self._flap_delay(client_id)
                 if delay:
-                    log.info("takeover_throttled", conn_id=conn.conn_id, client_id=client_id, delay_s=delay)
+                    log.info(
+                        "takeover_throttled", conn_id=conn.conn_id, client_id=client_id,
+                        device_id=conn.identity.device_id, delay_s=delay,
+                    )
                     await trio.sleep(delay)
                     continue
             old.taken_over = True
             old.kick(ReasonCode.SESSION_TAKEN_OVER)
             self.stats.takeovers += 1
-            log.info("session_taken_over", conn_id=conn.conn_id, old_conn_id=old.conn_id, client_id=client_id)
+            log.info(
+                "session_taken_over", conn_id=conn.conn_id, old_conn_id=old.conn_id, client_id=client_id,
+                device_id=conn.identity.device_id,
+            )
             event = self._closed_events.setdefault(old.conn_id, trio.Event())
             with trio.move_on_after(5.0):
                 await event.wait()
@@ -578,7 +590,10 @@ class Broker:
             reason = conn.close_reason.name
         else:
             reason = "connection_lost" if conn.abnormal else "client_disconnect"
-        self.log.info("client_disconnected", conn_id=conn.conn_id, client_id=conn.client_id, reason=reason)
+        self.log.info(
+            "client_disconnected", conn_id=conn.conn_id, client_id=conn.client_id,
+            device_id=conn.identity.device_id, reason=reason,
+        )
         if handle.conn is not conn:
             return
         handle.conn = None
@@ -607,7 +622,7 @@ class Broker:
         client_id = handle.session.client_id
         if handle.epoch != epoch or handle.conn is not None or self.router.target(client_id) is not handle:
             return
-        log.debug("session_expired", client_id=client_id)
+        log.debug("session_expired", client_id=client_id, device_id=handle.session.owner)
         self._end_session(client_id, handle)
         pending = self._pending_wills.pop(client_id, None)
         if pending is not None:
@@ -625,7 +640,7 @@ class Broker:
         will = pending.will
         if pending.acl is not None and not pending.acl.may_publish(will.topic):
             self.stats.publish_denied += 1
-            log.info("will_denied", client_id=client_id, topic=will.topic)
+            log.info("will_denied", client_id=client_id, device_id=pending.identity.device_id, topic=will.topic)
             return
         props = will.properties
         if props.will_delay_interval is not None:
@@ -637,7 +652,7 @@ class Broker:
             None if expiry is None else now + expiry,
         )
         self.stats.wills_published += 1
-        log.debug("will_published", client_id=client_id, topic=will.topic)
+        log.debug("will_published", client_id=client_id, device_id=pending.identity.device_id, topic=will.topic)
         if will.retain:
             self.router.retain(message)
         self.router.publish(message)
