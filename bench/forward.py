@@ -10,8 +10,9 @@ One nats-server (JetStream + its MQTT listener) serves both:
 
 The load is mqttbench's ``fanin-qos0`` / ``fanin-qos1`` (8 publishers, 64-byte
 payloads, QoS 1 with 32 in flight each, one MQTT subscriber on ``dev/#``).
-The JetStream side is counted from the stream (messages stored during the run,
-read once the count has settled).
+The JetStream side is counted by a JetStream consumer created just before each
+run (DeliverPolicy NEW): its pending count, read once it has settled, is what
+the run stored.
 
 ``--ceiling`` adds a third row, **mqttgate-local**: the same daemon with
 forwarding off (nothing reaches JetStream, PUBACK right away). It is not a
@@ -37,7 +38,7 @@ import time
 from typing import Any
 
 import nats
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 
 def free_port() -> int:
@@ -66,11 +67,29 @@ def nats_server_binary() -> str:
     return found
 
 
-async def stream_count(url: str, stream: str) -> int:
+async def open_counter(url: str, stream: str) -> str:
+    """A JetStream consumer on ``stream`` that counts from now on (DeliverPolicy
+    NEW): its ``num_pending`` after the run is what the run stored."""
+    name = "bench-" + os.urandom(4).hex()
     nc = await nats.connect(url)
     try:
-        info = await nc.jetstream().stream_info(stream)
-        return int(info.state.messages)
+        await nc.jetstream().add_consumer(
+            stream,
+            ConsumerConfig(durable_name=name, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT),
+        )
+    finally:
+        await nc.close()
+    return name
+
+
+async def consumer_count(url: str, stream: str, name: str, *, delete: bool = False) -> int:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.consumer_info(stream, name)
+        if delete:
+            await js.delete_consumer(stream, name)
+        return int(info.num_pending)
     finally:
         await nc.close()
 
@@ -83,12 +102,14 @@ async def add_stream(url: str, config: StreamConfig) -> None:
         await nc.close()
 
 
-def settled_count(url: str, stream: str) -> int:
-    """The stream's message count once it stopped growing (late acks, queues)."""
+def settled_count(url: str, stream: str, name: str) -> int:
+    """What the counting consumer has pending once it stopped growing (late
+    acks, queues); the consumer is deleted then."""
     last = -1
     while True:
-        count = asyncio.run(stream_count(url, stream))
+        count = asyncio.run(consumer_count(url, stream, name))
         if count == last:
+            asyncio.run(consumer_count(url, stream, name, delete=True))
             return count
         last = count
         time.sleep(0.5)
@@ -172,10 +193,10 @@ def main() -> int:
         for scenario in [name for _ in range(args.runs) for name in args.scenario.split(",")]:
             figures: dict[str, float] = {}
             for name, port, pid, stream in targets:
-                before = asyncio.run(stream_count(url, stream)) if stream else 0
+                counter = asyncio.run(open_counter(url, stream)) if stream else ""
                 row = run_load(tool, scenario, port, pid, args.duration)
                 elapsed = row.get("warmup_s", 1.0) + row.get("window_s", args.duration)
-                stored = settled_count(url, stream) - before if stream else 0
+                stored = settled_count(url, stream, counter) if stream else 0
                 sent_total = row.get("sent_total", 0) or 1
                 acked = row.get("acked_per_s")
                 p50 = row.get("lat_p50_us")
