@@ -337,7 +337,24 @@ class DeviceAuth:
         assert credential is not None
         if not ticket.stale and ticket.epoch == self._store.credentials_epoch:
             self.cache.remember(username, mac, credential)
-        return self._admit(credential, username, peer)
+            return self._admit(credential, username, peer)
+        # The device changed while its password was being verified (rotated,
+        # disabled, deleted, or rehashed): admit only against what the store
+        # holds now, or a revocation during the argon2 check would let the
+        # old credential in (and nothing would cut it afterwards).
+        try:
+            current = await self._store.get_credential(username)
+        except StoreUnavailable:
+            self._deny("store_unavailable", ReasonCode.SERVER_UNAVAILABLE, username, peer)
+        if current is None:
+            self._deny("revoked_during_verify", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
+        if current.password_hash != credential.password_hash and not await self._verify_once(
+            username, mac, password, current
+        ):
+            self._deny(
+                "revoked_during_verify", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer, current.device_id
+            )
+        return self._admit(current, username, peer)
 
     def acl_for(self, identity: Identity) -> CompiledAcl:
         return self.policy.compile(identity)

@@ -352,16 +352,21 @@ class Broker:
         device, anonymous clients excepted); returns how many."""
         kicked = 0
         for conn in list(self._conns.values()):
-            if not conn.connected or conn.close_reason is not None:
+            if conn.close_reason is not None:
                 continue
             owner = conn.identity.device_id
-            if owner is not None and (device_id is None or owner == device_id):
-                log.info(
-                    "client_kicked", conn_id=conn.conn_id, client_id=conn.client_id,
-                    device_id=owner, reason=reason.name,
-                )
-                conn.kick(reason)
-                kicked += 1
+            if owner is None or (device_id is not None and owner != device_id):
+                continue
+            log.info(
+                "client_kicked", conn_id=conn.conn_id, client_id=conn.client_id,
+                device_id=owner, reason=reason.name,
+            )
+            conn.kick(reason)
+            # Authenticated but not connected yet: waiting in take_over (the
+            # flap throttle, the old connection's close). Cut too, or it would
+            # open a session after the revocation and stay connected. It has
+            # no session: not counted.
+            kicked += 1 if conn.connected else 0
         return kicked
 
     def revoke_device(self, device_id: str | None, change: str) -> int:
@@ -435,6 +440,11 @@ class Broker:
             target = self.router.target(client_id)
             old = target.conn if isinstance(target, SessionHandle) else None
             if old is None or old is conn:
+                return
+            if isinstance(target, SessionHandle) and target.session.owner != conn.identity.device_id:
+                # Another device created the session while this one waited
+                # (flap throttle, the old connection's close): never kick it;
+                # open_session refuses this CONNECT (owned_by_other).
                 return
             if first:
                 first = False

@@ -392,7 +392,7 @@ async def test_a_deleted_devices_sessions_go_and_its_client_ids_are_free(
 
         broker.revoke_device("dev-a", "disable")  # expected back: sessions kept
         assert await live.eof()
-        await until(lambda: broker.router.target("a-live") is not None and session_of(broker, "a-live").owner)
+        await until(lambda: broker.router.target("a-live") is not None and session_of(broker, "a-live").owner is not None)
         assert session_of(broker, "a-offline").owner == "dev-a"
 
         broker.revoke_device("dev-a", "delete")
@@ -439,3 +439,70 @@ def test_settings_defaults_sizes_and_bad_values() -> None:
         with pytest.raises(ConfigError) as caught:
             load(argv, env)
         assert str(caught.value).startswith(source + ": ")
+
+
+@pytest.mark.parametrize("change", ["delete", "disable"])
+async def test_a_connect_waiting_in_a_takeover_is_cut_by_its_devices_revocation(
+    nursery: trio.Nursery, change: str
+) -> None:
+    """Regression: revoke_device cut only connected clients. A CONNECT of the
+    device that was authenticated and waiting in take_over (flap throttle, or
+    the old connection closing) then opened a session after the deletion or
+    disabling and stayed connected; a device kept one such CONNECT always
+    waiting to survive any revocation."""
+    broker = broker_with(takeover_flap_limit=1, takeover_flap_delay=5.0)
+    port = await start(nursery, broker)
+    with trio.fail_after(10):
+        first, connack = await open_as(port, "a", "c", clean=False)
+        assert connack == bytes([0x20, 2, 0, 0])
+        second, connack = await open_as(port, "a", "c", clean=False)  # the one takeover allowed
+        assert connack == bytes([0x20, 2, 1, 0])
+        assert await first.eof()
+        waiting = await RawClient.open(port)
+        await waiting.send(connect_as("a", "c", clean=False))  # throttled: waits 5 s
+        await until(lambda: len(broker._flaps.get("c", ())) == 2)  # in its throttle sleep
+        assert broker.revoke_device("dev-a", change) == 1  # the connected one
+        assert await second.eof()
+        # No CONNACK: closed, and no session opened for the revoked device.
+        assert await waiting.packet() is None
+        if change == "delete":
+            await until(lambda: broker.router.target("c") is None)
+            assert broker.device_quotas.sessions("dev-a") == 0
+        else:
+            kept = broker.router.target("c")  # kept for the device's return, offline
+            assert isinstance(kept, SessionHandle) and kept.session.owner == "dev-a"
+            await until(lambda: kept.conn is None)
+        assert broker.stats.connections_current == 0
+
+
+async def test_a_throttled_takeover_never_kicks_the_device_that_took_the_id_meanwhile(
+    nursery: trio.Nursery,
+) -> None:
+    """Regression: take_over re-read the client id's session after its flap
+    throttle sleep and kicked whatever connection held it. Device x left a
+    CONNECT throttled, let its clean session end, and when device y had
+    created a session under the id meanwhile, x's CONNECT kicked y's
+    connection (0x8E) before open_session refused x: another device's
+    connection cut at will."""
+    broker = broker_with(takeover_flap_limit=1, takeover_flap_delay=1.0)
+    port = await start(nursery, broker)
+    with trio.fail_after(10):
+        x1, connack = await open_as(port, "x", "c")  # device x, clean session
+        assert connack == bytes([0x20, 2, 0, 0])
+        x2, connack = await open_as(port, "x", "c")  # the one takeover allowed
+        assert connack == bytes([0x20, 2, 0, 0])
+        throttled = await RawClient.open(port)
+        await throttled.send(connect_as("x", "c"))  # waits 1 s in take_over
+        await until(lambda: len(broker._flaps.get("c", ())) == 2)
+        await x2.send(frame(0xE0, b""))  # x leaves: its clean session ends
+        assert await x2.eof()
+        y, connack = await open_as(port, "y", "c", version=5, clean=False, props=EXPIRY_60)
+        assert connack_reason(connack) == 0  # the id is free: device y's now
+        # x's throttled CONNECT wakes: refused (rc 2), and y is not touched.
+        assert await throttled.packet() == bytes([0x20, 2, 0, 2])
+        await y.send(frame(0xC0, b""))  # PINGREQ
+        assert await y.packet() == bytes([0xD0, 0])
+        assert session_of(broker, "c").owner == "dev-y"
+        assert broker.stats.takeovers == 1  # only x's own
+        for client in (x1, y):
+            await client.aclose()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mqttgate.api.app import api_token
 from mqttgate.config import ConfigError
+from mqttgate.tokenfile import load_or_create_token
 from tests.conftest import StartDaemon, make_config, port_of
 from tests.registry.conftest import registry_config
 from tests.registry.http import request
@@ -41,6 +44,35 @@ def test_empty_file_gets_a_token(tmp_path: Path) -> None:
     path.write_text("")
     token = api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True)
     assert token and path.read_text().strip() == token
+
+
+def _start_at_once(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        results.put(("ok", load_or_create_token(path)[0]))
+    except Exception as error:  # reported to the test body, asserted there
+        results.put(("error", repr(error)))
+
+
+def test_processes_starting_at_once_all_get_the_one_token_in_the_file(tmp_path: Path) -> None:
+    """Regression: the file was created empty (O_EXCL) and written after; a
+    second process that found it empty took it for an interrupted start,
+    deleted it and wrote its own, so the first ran with a token that was
+    not in the file (about 4 rounds in 10 with 6 processes), or failed."""
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        path = str(tmp_path / f"api-token-{round_}")
+        barrier, results = fork.Barrier(6), fork.Queue()
+        workers = [fork.Process(target=_start_at_once, args=(path, barrier, results)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        got = [results.get(timeout=10) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=10)
+        in_file = Path(path).read_text().strip()
+        assert got == [("ok", in_file)] * 6, (round_, got, in_file)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == sorted(f"api-token-{i}" for i in range(30))  # no temporary files left
 
 
 def test_unusable_path_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:

@@ -156,6 +156,43 @@ async def test_concurrent_connects_share_one_verification(store: Store, database
     assert auth.shared_verifications == 29
 
 
+@pytest.mark.parametrize("change", ["delete", "disable", "rotate"])
+async def test_a_change_during_the_password_check_is_not_admitted(
+    store: Store, database_url: str, change: str
+) -> None:
+    # The device is deleted, disabled or rotated while its argon2 check runs:
+    # the CONNECT must be judged against the store as it is now, or the old
+    # credential gets in after its revocation.
+    auth = await make_auth(store, database_url)
+    device_id, user, password = await provision(store, auth.hasher)
+    rotated_hash = await auth.hasher.hash(new_password())  # before the argon2 threads are held
+    holders = [object() for _ in range(int(auth.hasher.limiter.total_tokens))]
+    for holder in holders:
+        await auth.hasher.limiter.acquire_on_behalf_of(holder)
+    outcome: list[ReasonCode | Identity] = []
+
+    async def connect() -> None:
+        try:
+            outcome.append(await auth.authenticate(user, password.encode(), client_id="c", peer=PEER))
+        except AuthDenied as denied:
+            outcome.append(denied.reason)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connect)
+        await until(lambda: auth.pending == 1)  # waiting for an argon2 thread
+        if change == "delete":
+            await store.delete_device(device_id)
+        elif change == "disable":
+            await store.set_disabled(device_id, True)
+        else:
+            await store.set_password_hash(device_id, rotated_hash)
+        auth.invalidate(user)  # what the API (or the store's NOTIFY) does
+        for holder in holders:
+            auth.hasher.limiter.release_on_behalf_of(holder)
+    expected = ReasonCode.NOT_AUTHORIZED if change == "disable" else ReasonCode.BAD_USER_NAME_OR_PASSWORD
+    assert outcome == [expected]
+
+
 async def test_full_verification_queue_answers_server_busy(store: Store, database_url: str) -> None:
     auth = await make_auth(store, database_url, auth_max_pending=2)
     devices = [await provision(store, auth.hasher) for _ in range(3)]

@@ -144,20 +144,27 @@ async def test_a_rotation_during_verification_is_not_cached(
     replicas: tuple[Replica, Replica],
 ) -> None:
     # B reads the row, A rotates while B's argon2 runs, the NOTIFY finds nothing
-    # to drop: B must not cache the row it read before the rotation.
+    # to drop: B must not cache the row it read before the rotation, nor let
+    # the old password in (it checks the store again once the verify ends).
     a, b = replicas
     device_id, user, password = await provision(a.store, a.auth.hasher)
+    rotated_hash = await a.auth.hasher.hash(new_password())
     holders = [object() for _ in range(int(b.auth.hasher.limiter.total_tokens))]
     for holder in holders:
         await b.auth.hasher.limiter.acquire_on_behalf_of(holder)
+    refused: list[ReasonCode] = []
+
+    async def connect_refused() -> None:
+        refused.append(await deny_reason(b.auth, user, password.encode()))
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connect, b.auth, user, password)
+        nursery.start_soon(connect_refused)
         await until(lambda: b.auth.pending == 1)  # row fetched, argon2 queued
-        await a.store.set_password_hash(device_id, await a.auth.hasher.hash(new_password()))
+        await a.store.set_password_hash(device_id, rotated_hash)
         await until(lambda: user in b.recorder.changed)
         for holder in holders:
             b.auth.hasher.limiter.release_on_behalf_of(holder)
-    # That CONNECT began before the rotation and was let in; nothing was cached.
+    assert refused == [ReasonCode.BAD_USER_NAME_OR_PASSWORD]
     assert user not in b.auth.cache
     assert await deny_reason(b.auth, user, password.encode()) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
 
