@@ -381,9 +381,11 @@ class Broker:
 
         A deleted device's sessions go with it: the offline ones now, the
         ones of the connections being cut when they close (their expiry set
-        to 0), with their delayed Wills. Its queued messages have no reader
-        left, and its client ids become free. A disabled or rotated device
-        keeps its sessions: it is expected back.
+        to 0). Its queued messages have no reader left, and its client ids
+        become free. A Will still waiting for its delay is due when its
+        session ends (v5 [MQTT-3.1.2-8]), so it is published then, as a cut
+        connection's Will is. A disabled or rotated device keeps its
+        sessions: it is expected back.
         """
         kicked = self.kick_device(device_id, REVOCATION_REASONS[change])
         if change in ("delete", "truncate"):
@@ -397,11 +399,11 @@ class Broker:
                 continue
             target.session.expiry = 0
             if target.conn is None:
+                # As at expiry (_expire): the session ends, its delayed Will is due.
                 self._end_session(client_id, target)
-        for client_id, pending in list(self._pending_wills.items()):
-            owner = pending.identity.device_id
-            if owner is not None and (device_id is None or owner == device_id):
-                del self._pending_wills[client_id]
+                pending = self._pending_wills.pop(client_id, None)
+                if pending is not None:
+                    self._publish_will(client_id, pending)
 
     def device_revoked(self, change: str, device_id: str | None) -> None:
         """RevocationWatcher (mqttgate/store.py): another replica, or a direct

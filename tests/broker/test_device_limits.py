@@ -407,6 +407,37 @@ async def test_a_deleted_devices_sessions_go_and_its_client_ids_are_free(
             await client.aclose()
 
 
+async def test_a_deleted_devices_delayed_will_is_published_as_its_session_ends(
+    nursery: trio.Nursery,
+) -> None:
+    # v5 [MQTT-3.1.2-8]: the Will is published once the Will Delay Interval
+    # has passed or the session ends, whichever is first. Deleting the device
+    # ends its offline session, so its delayed Will goes out then.
+    broker = broker_with()
+    port = await start(nursery, broker)
+    with trio.fail_after(10):
+        watcher, connack = await open_as(port, "w", "watcher")
+        assert connack == bytes([0x20, 2, 0, 0])
+        await watcher.send(subscribe(1, "wills/#", 0))
+        assert await watcher.packet() == frame(0x90, b"\x00\x01\x00")
+        # v5 CONNECT: Will flag, Session Expiry 60 s, Will Delay Interval 3600 s.
+        flags = 0x80 | 0x04
+        body = s("MQTT") + bytes([5, flags]) + (60).to_bytes(2, "big") + EXPIRY_60
+        body += s("a-will") + b"\x05\x18\x00\x00\x0e\x10" + s("wills/a") + s("gone") + s("a")
+        device = await RawClient.open(port)
+        await device.send(frame(0x10, body))
+        assert connack_reason(await device.packet()) == 0
+        await device.aclose()  # no DISCONNECT: the Will is armed, delayed an hour
+        await until(lambda: session_of(broker, "a-will").owner == "dev-a" and broker.stats.connections_current == 1)
+        with trio.move_on_after(0.3) as waited:
+            await watcher.packet()
+        assert waited.cancelled_caught  # the Will still waits for its delay
+        broker.revoke_device("dev-a", "delete")
+        assert await watcher.packet() == frame(0x30, s("wills/a") + b"gone")  # QoS 0 PUBLISH
+        assert broker.router.target("a-will") is None
+        await watcher.aclose()
+
+
 async def test_anonymous_client_and_device_do_not_share_a_session(nursery: trio.Nursery) -> None:
     broker = broker_with()
     port = await start(nursery, broker)
