@@ -13,7 +13,10 @@ builds the app; everything a route needs lives in
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,13 @@ def _token_from_file(path: str) -> str:
     if created:
         print(f"mqttgate: API token created in {path} (mode 0600); read it from there", file=sys.stderr)
         log.info("api_token_created", path=path)
+    else:
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                # Still used (refusing would take the API down over a chmod),
+                # but said: anyone who can read it can provision devices.
+                log.warning("api_token_file_readable", path=path, mode=oct(mode))
     return token
 
 

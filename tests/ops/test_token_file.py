@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,20 @@ def test_existing_file_is_used_and_the_variable_wins(tmp_path: Path) -> None:
     assert api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True) == "from-the-file"
     assert api_token(make_config(api_token="from-env", api_token_file=str(path)), has_registry=True) == "from-env"
     assert path.read_text() == "from-the-file\n"
+
+
+def test_a_file_others_can_read_is_used_with_a_warning(
+    tmp_path: Path, logged: list[MutableMapping[str, Any]]
+) -> None:
+    path = tmp_path / "api-token"
+    path.write_text("shared\n")
+    os.chmod(path, 0o644)
+    assert api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True) == "shared"
+    warnings = [e for e in logged if e["event"] == "api_token_file_readable"]
+    assert [(w["path"], w["mode"]) for w in warnings] == [(str(path), "0o644")]
+    os.chmod(path, 0o600)
+    api_token(make_config(api_token=None, api_token_file=str(path)), has_registry=True)
+    assert len([e for e in logged if e["event"] == "api_token_file_readable"]) == 1
 
 
 def test_empty_file_gets_a_token(tmp_path: Path) -> None:
