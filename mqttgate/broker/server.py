@@ -30,11 +30,13 @@ A client id with a session (resume, takeover, Clean Start replacing it) is
 never refused. All their queues share one byte budget (``queue_budget``,
 ``max_queued_bytes``); a discarded session gives its bytes back
 (``_end_session``). Per device (``device_quotas``, pure, in
-protocol/session.py): at most ``max_sessions_per_device`` sessions, checked
-once the device is known (after authentication) when the session is
-created, and a share ``max_queued_bytes_per_device`` of the byte budget, so
-one device cannot take what all devices share. Anonymous clients are not
-counted per device.
+protocol/session.py): at most ``max_sessions_per_device`` persistent
+sessions, checked once the device is known (after authentication, before
+any takeover) and again when the session is opened, and a share
+``max_queued_bytes_per_device`` of the byte budget, so one device cannot take
+what all devices share. Anonymous clients are not counted per device. A
+session (and its client id) belongs to the device that created it
+(``owned_by_other``); deleting the device discards its sessions.
 """
 
 from __future__ import annotations
