@@ -161,7 +161,7 @@ async def test_connections_past_the_limit_are_refused_and_the_open_ones_still_se
         # Closing an idle connection frees its slot at once (hypercorn alone
         # held it until its 5 s keep-alive timer; see _TCPServer._read_data).
         await idle.pop().aclose()
-        with trio.fail_after(1):
+        with trio.fail_after(2.5):  # hypercorn alone: 5 s
             await open_connections(idle[0], token, LIMIT - 1)
         assert (await request(port, "GET", "/healthz")).status == 200
 
@@ -188,7 +188,7 @@ async def test_a_connection_closed_before_any_request_frees_its_slot_at_once(
         started = trio.current_time()
         await silent.aclose()
         await open_connections(watcher, config.api_token, 1)
-        assert trio.current_time() - started < 1
+        assert trio.current_time() - started < 2.5  # hypercorn alone: 5 s
         assert (await request(port, "GET", "/readyz")).status == 200
         await watcher.aclose()
 
