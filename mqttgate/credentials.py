@@ -317,10 +317,7 @@ class DeviceAuth:
     async def _authenticate_fetched(
         self, username: str, password: bytes, mac: bytes, ticket: _Ticket, client_id: str, peer: str
     ) -> Identity:
-        try:
-            credential = await self._store.get_credential(username)
-        except StoreUnavailable:
-            self._deny("store_unavailable", ReasonCode.SERVER_UNAVAILABLE, username, peer)
+        credential = await self._credential(username, peer)
         if credential is not None and self.cache.check(username, mac, credential.password_hash):
             return self._admit(credential, username, peer)
         address = _address_of(peer)
@@ -342,19 +339,21 @@ class DeviceAuth:
         # disabled, deleted, or rehashed): admit only against what the store
         # holds now, or a revocation during the argon2 check would let the
         # old credential in (and nothing would cut it afterwards).
+        current = await self._credential(username, peer)
+        if current is None or (
+            current.password_hash != credential.password_hash
+            and not await self._verify_once(username, mac, password, current)
+        ):
+            device_id = None if current is None else current.device_id
+            self._deny("revoked_during_verify", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer, device_id)
+        return self._admit(current, username, peer)
+
+    async def _credential(self, username: str, peer: str) -> Credential | None:
+        """The user's row as the store holds it now (None: no such user)."""
         try:
-            current = await self._store.get_credential(username)
+            return await self._store.get_credential(username)
         except StoreUnavailable:
             self._deny("store_unavailable", ReasonCode.SERVER_UNAVAILABLE, username, peer)
-        if current is None:
-            self._deny("revoked_during_verify", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer)
-        if current.password_hash != credential.password_hash and not await self._verify_once(
-            username, mac, password, current
-        ):
-            self._deny(
-                "revoked_during_verify", ReasonCode.BAD_USER_NAME_OR_PASSWORD, username, peer, current.device_id
-            )
-        return self._admit(current, username, peer)
 
     def acl_for(self, identity: Identity) -> CompiledAcl:
         return self.policy.compile(identity)

@@ -445,7 +445,7 @@ class Broker:
             old = target.conn if isinstance(target, SessionHandle) else None
             if old is None or old is conn:
                 return
-            if isinstance(target, SessionHandle) and target.session.owner != conn.identity.device_id:
+            if self.owned_by_other(client_id, conn.identity.device_id):
                 # Another device created the session while this one waited
                 # (flap throttle, the old connection's close): never kick it;
                 # open_session refuses this CONNECT (owned_by_other).

@@ -390,14 +390,17 @@ class DeviceQuotas:
         #: The client ids of ``_owners`` counted as persistent.
         self._persistent: set[str] = set()
 
+    def _device(self, device_id: str | None) -> _Device | None:
+        return self._devices.get(device_id) if device_id is not None else None
+
     def sessions(self, device_id: str | None) -> int:
         """Sessions held under ``device_id`` (0 for anonymous clients)."""
-        device = self._devices.get(device_id) if device_id is not None else None
+        device = self._device(device_id)
         return device.sessions if device is not None else 0
 
     def persistent(self, device_id: str | None) -> int:
         """Persistent sessions held under ``device_id`` (what the cap counts)."""
-        device = self._devices.get(device_id) if device_id is not None else None
+        device = self._device(device_id)
         return device.persistent if device is not None else 0
 
     def is_persistent(self, client_id: str) -> bool:
@@ -409,9 +412,6 @@ class DeviceQuotas:
         return (
             device_id is not None and self.max_sessions > 0 and self.persistent(device_id) >= self.max_sessions
         )
-
-    def owner(self, client_id: str) -> str | None:
-        return self._owners.get(client_id)
 
     def client_ids(self, device_id: str | None) -> list[str]:
         """The client ids of ``device_id``'s sessions (None: of every device).
@@ -702,16 +702,8 @@ class Session:
             raise Overflow(self.client_id)
         budget = self.budget
         if budget is not None:
-            size = message.size
-            if size < 0:
-                size = queued_size(message)
-            # QueueBudget.take, inlined: this runs for every queued delivery.
-            parent = budget.parent
-            if budget.used + size > budget.limit or (parent is not None and parent.used + size > parent.limit):
+            if not budget.take(queued_size(message)):
                 raise BudgetExceeded(self.client_id)
-            budget.used += size
-            if parent is not None:
-                parent.used += size
         if not self.queue:
             self.queue = collections.deque()
         self.queue.append((message, qos, retain, sub_ids))
@@ -723,11 +715,7 @@ class Session:
         entry = self.queue.popleft()
         budget = self.budget
         if budget is not None:
-            # QueueBudget.give_back, inlined; the size was measured by enqueue.
-            size = entry[0].size
-            budget.used -= size
-            if budget.parent is not None:
-                budget.parent.used -= size
+            budget.give_back(entry[0].size)  # measured by enqueue
         return entry
 
     def _release_queue(self) -> None:
